@@ -1,0 +1,97 @@
+"""Every exception batchgen raises on purpose.
+
+    BatchgenError
+    ├── InputError            bad manifest, CSV, flag or file: exit 2, nothing sent
+    │                         (carries a list of Problem, all reported together)
+    ├── LedgerError           a ledger that cannot be trusted (corrupt middle line)
+    └── ApiError              something the service (or the wire) said
+        ├── ApiStatusError    a non-200 answer: status, message, retry_after
+        └── TransportError    timeout or connection failure; may have been billed
+
+Whether an ApiError is retried, fails the job, or stops the whole run is decided
+in one place, `retry.classify`, not by the exception type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One rule broken by one value, located as precisely as we know."""
+
+    where: str  # "jobs/night.yaml:12" or "jobs/rows.csv row 3"
+    key: str  # the parameter or manifest key, "" when the whole file is at fault
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class BatchgenError(Exception):
+    """Base of every error batchgen raises on purpose."""
+
+
+class InputError(BatchgenError):
+    """The user's input is wrong. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem] | Problem | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("batchgen", "", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class LedgerError(BatchgenError):
+    """The ledger cannot be read safely; resuming from it could pay twice."""
+
+
+class ApiError(BatchgenError):
+    """The service, or the network on the way to it, did not give us an image."""
+
+
+class ApiStatusError(ApiError):
+    """A non-200 answer from the service."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(f"HTTP {status}: {message}")
+
+    @classmethod
+    def from_response(
+        cls, status: int, body: bytes, headers: Mapping[str, str], *, now: float | None = None
+    ) -> ApiStatusError:
+        """Build from a raw answer: JSON `{"error": ...}` when present, else the text."""
+        from batchgen.retry import parse_retry_after  # local: retry imports errors
+
+        message = _error_message(body)
+        retry_after = parse_retry_after(headers, now=now)
+        return cls(status, message, retry_after)
+
+
+class TransportError(ApiError):
+    """Timeout or connection failure. `sent` tells whether the request left us."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        self.sent = sent
+        super().__init__(message)
+
+
+def _error_message(body: bytes) -> str:
+    text = body[:2000].decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text or "(empty body)"
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            if key in data:
+                return str(data[key])
+    return text
