@@ -156,6 +156,10 @@ def _check_text(name: str, value: object, *, required: bool) -> str | None:
         return f"{name} must be a string, got {value!r}"
     if required and not value.strip():
         return f"{name} must not be empty"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} contains characters that are not valid Unicode text"
     return None
 
 

@@ -1,0 +1,191 @@
+"""Lazy expansion of a manifest into jobs, each with a stable identity.
+
+A job's id is the first 128 bits of the sha256 of the canonical JSON of the
+model and the full request (defaults filled in, a local image by the digest of
+its bytes). Same request, same id, on any machine; change anything, new id.
+Resume keys on it, so editing a manifest never maps old results onto new jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from batchgen import api, outputs
+from batchgen.errors import InputError, Problem
+from batchgen.images import LocalImage
+from batchgen.manifest import Block, Manifest
+
+ID_HEX_CHARS: Final = 32
+_SEED_SPAN: Final = api.SEED_RANGE[1] - api.SEED_RANGE[0] + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    params: Mapping[str, Any]  # the full request; image_file is a LocalImage or a URL
+    output: str  # path under --out, with "{ext}" still to fill from the answer's bytes
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def describe(params: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-able parameters: a local image by its path and digest, never its bytes."""
+    image = params.get("image_file")
+    if isinstance(image, LocalImage):
+        return {**params, "image_file": {"path": image.name, "sha256": image.sha256}}
+    return dict(params)
+
+
+def _identity(model: str, params: Mapping[str, Any]) -> str:
+    image = params.get("image_file")
+    request = dict(params)
+    if isinstance(image, LocalImage):
+        request["image_file"] = {"sha256": image.sha256}
+    return canonical({"model": model, "request": request})
+
+
+def job_id(model: str, params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_identity(model, params).encode()).hexdigest()[:ID_HEX_CHARS]
+
+
+def derive_seeds(model: str, params: Mapping[str, Any], count: int) -> list[int]:
+    """`count` distinct seeds in range, a pure function of the rest of the job."""
+    base = _identity(model, params).encode()
+    seeds: list[int] = []
+    for i in itertools.count():
+        digest = hashlib.sha256(base + b"#%d" % i).digest()
+        seed = api.SEED_RANGE[0] + int.from_bytes(digest[:8], "big") % _SEED_SPAN
+        if seed not in seeds:
+            seeds.append(seed)
+            if len(seeds) == count:
+                return seeds
+    raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=1)
+def _template_fields(template: str) -> frozenset[str]:
+    return frozenset(name for _, name, _, _ in string.Formatter().parse(template) if name)
+
+
+def _image_stem(image: Any) -> str:
+    if isinstance(image, LocalImage):
+        return image.stem
+    path = urlsplit(str(image)).path.rstrip("/")
+    stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return stem or "url"
+
+
+@functools.lru_cache(maxsize=8192)
+def _slug(value: Any) -> str:
+    return outputs.slug(value)
+
+
+def render_output(template: str, model: str, jid: str, params: Mapping[str, Any]) -> str:
+    fields: dict[str, Any] = {}
+    for name in _template_fields(template):
+        if name == "image":
+            fields[name] = _image_stem(params["image_file"])
+        elif name == "job_id":
+            fields[name] = jid
+        elif name == "model":
+            fields[name] = model
+        elif name != "ext":
+            value = params.get(name, "default")
+            fields[name] = value if isinstance(value, Mapping) else _slug(value)
+    return outputs.render(template, fields)
+
+
+def make_job(manifest: Manifest, params: Mapping[str, Any]) -> Job:
+    jid = job_id(manifest.model, params)
+    return Job(jid, params, render_output(manifest.output, manifest.model, jid, params))
+
+
+def candidates(manifest: Manifest) -> Iterator[Job]:
+    """Every job the manifest describes, identical ones included, lazily."""
+    for block in manifest.blocks:
+        yield from _block_jobs(manifest, block)
+
+
+def _block_jobs(manifest: Manifest, block: Block) -> Iterator[Job]:
+    start = {**api.DEFAULTS, **block.fixed}
+    for combo in itertools.product(*(axis.choices for axis in block.axes)):
+        params = start.copy()
+        for choice in combo:
+            params.update(choice)
+        if block.seed_count:
+            params.pop("seed", None)
+            for seed in derive_seeds(manifest.model, params, block.seed_count):
+                yield make_job(manifest, {**params, "seed": seed})
+        else:
+            yield make_job(manifest, params)
+
+
+def expand(manifest: Manifest) -> Iterator[Job]:
+    """The distinct jobs, lazily. Identical jobs run once; two different jobs that
+    would write the same file raise InputError naming both (before anything is sent,
+    when the caller drains this once first, as `run` does).
+
+    Memory: one small int per job for each of the id set and the path map, about
+    200 bytes a job, never the jobs themselves.
+    """
+    seen: set[int] = set()
+    paths: dict[int, int] = {}
+    for job in candidates(manifest):
+        key = int(job.job_id[:16], 16)
+        if key in seen:
+            continue
+        seen.add(key)
+        path_key = hash(job.output)
+        other = paths.setdefault(path_key, key)
+        if other != key:
+            raise _collision(manifest, job, other)
+        yield job
+
+
+def _collision(manifest: Manifest, job: Job, other_key: int) -> InputError:
+    first = next(j for j in candidates(manifest) if int(j.job_id[:16], 16) == other_key)
+    return InputError(
+        Problem(
+            manifest.display,
+            "output",
+            f"output template {manifest.output!r} gives the same path {job.output!r} to two "
+            f"different jobs ({_label(first)} and {_label(job)}); add a field that tells them "
+            "apart, e.g. {job_id:.8}",
+        )
+    )
+
+
+def _label(job: Job) -> str:
+    image = job.params.get("image_file")
+    name = image.name if isinstance(image, LocalImage) else image
+    params = job.params
+    return (
+        f"job {job.job_id[:8]}: {name}, prompt {params.get('prompt')!r}, seed {params.get('seed')}"
+    )
+
+
+def axis_sizes(manifest: Manifest) -> dict[str, int]:
+    """How many values each axis has (over all blocks; explicit jobs counted apart)."""
+    sizes: dict[str, int] = {}
+    explicit = 0
+    for block in manifest.blocks:
+        if block.kind == "job":
+            explicit += 1
+            continue
+        for axis in block.axes:
+            sizes[axis.name] = max(sizes.get(axis.name, 0), len(axis.choices))
+        if block.seed_count:
+            sizes["seed"] = max(sizes.get("seed", 0), block.seed_count)
+    if explicit:
+        sizes["explicit jobs"] = explicit
+    return sizes

@@ -1,0 +1,230 @@
+"""The ledger: an append-only JSON-lines record of every job's fate.
+
+It is what makes a run resumable without paying twice. Every line carries
+`v` (format version), `ts`, `job_id` and `status`:
+
+- `run`        a run began (manifest, its digest, options; never the key)
+- `started`    written and fsync'd just before a request is sent, so a crash
+               leaves evidence of what might have been billed
+- `succeeded`  written only after the output file is in place
+- `failed`     with `error`, `http_status`, `retryable`, `attempts`
+- `run_end`    a run ended (why, and its totals)
+
+Lines are written by one writer task that group-commits: many lines, one fsync.
+A torn last line (a crash mid-write) is ignored on load and cut off before the
+next append; a corrupt line anywhere else is an error, because guessing could
+pay twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from batchgen.errors import LedgerError
+
+VERSION: Final = 1
+DEFAULT_NAME: Final = "ledger.jsonl"
+JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed"})
+
+
+def timestamp(now: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """Every whole line of a ledger. A last line without its newline is torn (a
+    crash mid-write) and skipped, as the writer cuts it; a bad line before the end
+    raises LedgerError naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise LedgerError(f"{path}: cannot read ledger: {err.strerror}") from None
+    lines = data.split(b"\n")
+    last = len(lines) - 1  # after the final "\n" comes b"" (or a torn tail)
+    for number, line in enumerate(lines):
+        if number == last:
+            return  # no newline after it: torn by a crash mid-write, never counted
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "status" not in record:
+                raise ValueError("not a ledger record")
+        except ValueError:
+            raise LedgerError(
+                f"{path}:{number + 1}: corrupt ledger line; fix or remove it before resuming"
+            ) from None
+        yield record
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """What the ledgers say about one job, as of its last line."""
+
+    status: str
+    output: Path | None = None
+    sha256: str | None = None
+    size: int | None = None
+    retryable: bool = True
+    error: str | None = None
+
+
+@dataclass
+class LedgerState:
+    records: dict[str, JobRecord] = field(default_factory=dict)
+    lines: int = 0
+
+    def add(self, record: dict[str, Any], folder: Path) -> None:
+        status = record.get("status")
+        job = record.get("job_id")
+        if status not in JOB_STATUSES or not isinstance(job, str):
+            return
+        self.lines += 1
+        known = self.records.get(job)
+        if known is not None and known.status == "succeeded" and status != "succeeded":
+            return  # a success, once recorded, is never forgotten
+        if status == "succeeded":
+            output = folder / record["output"]
+            self.records[job] = JobRecord(
+                "succeeded", output, record.get("sha256"), record.get("bytes")
+            )
+        elif status == "failed":
+            retryable = bool(record.get("retryable", True))
+            self.records[job] = JobRecord("failed", retryable=retryable, error=record.get("error"))
+        else:
+            self.records[job] = JobRecord("started")
+
+    def is_done(self, job_id: str) -> bool:
+        """Succeeded, and its output file is still there with the recorded bytes."""
+        record = self.records.get(job_id)
+        if record is None or record.status != "succeeded" or record.output is None:
+            return False
+        return output_intact(record)
+
+    def failed_for_good(self, job_id: str) -> bool:
+        record = self.records.get(job_id)
+        return record is not None and record.status == "failed" and not record.retryable
+
+
+def output_intact(record: JobRecord) -> bool:
+    assert record.output is not None
+    try:
+        if record.size is not None and record.output.stat().st_size != record.size:
+            return False
+        data = record.output.read_bytes()
+    except OSError:
+        return False
+    return record.sha256 is None or hashlib.sha256(data).hexdigest() == record.sha256
+
+
+def load_state(paths: Iterable[Path]) -> LedgerState:
+    state = LedgerState()
+    for path in paths:
+        folder = path.parent
+        for record in read(path):
+            state.add(record, folder)
+    return state
+
+
+def ledgers_in(folder: Path) -> list[Path]:
+    """Every ledger in an output folder: the plain one and any shard's."""
+    return sorted(folder.glob("ledger*.jsonl"))
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a partial last line so the next append starts on a line of its own."""
+    try:
+        with path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            chunk = min(size, 1 << 20)
+            handle.seek(size - chunk)
+            tail = handle.read(chunk)
+            cut = tail.rfind(b"\n")
+            handle.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+    except FileNotFoundError:
+        return
+
+
+class LedgerWriter:
+    """The one writer of a ledger file. `await write(record)` returns once the line
+    is on disk; lines that arrive together share one fsync (group commit)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fsyncs = 0
+        self._fd = -1
+        self._pending: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LedgerWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._task = asyncio.create_task(self._commit_loop(), name="ledger-writer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        os.close(self._fd)
+
+    async def write(self, record: dict[str, Any]) -> None:
+        record = {"v": VERSION, "ts": timestamp(), **record}
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.append(encode(record))
+        self._waiters.append(waiter)
+        self._wake.set()
+        await asyncio.shield(waiter)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            lines, waiters = self._pending, self._waiters
+            self._pending, self._waiters = [], []
+            try:
+                await asyncio.to_thread(self._write_and_sync, b"".join(lines))
+            except OSError as err:
+                for waiter in waiters:
+                    waiter.set_exception(LedgerError(f"{self.path}: cannot write: {err}"))
+                continue
+            for waiter in waiters:
+                waiter.set_result(None)
+
+    def _write_and_sync(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+        self.fsyncs += 1

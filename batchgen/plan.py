@@ -1,0 +1,115 @@
+"""The dry run: what a batch holds, what is already done, what the rest will cost.
+
+Pure: it takes jobs and a ledger state, touches no network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batchgen import api
+from batchgen.grid import Job
+from batchgen.ledger import LedgerState
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest: str
+    model: str
+    price: float
+    axes: dict[str, int]
+    jobs: int
+    done: int
+    failed: int  # failed for good: skipped unless --retry-failed
+    to_run: int
+    estimated_cost: float
+    estimated_seconds: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def estimate_seconds(
+    jobs: int, *, concurrency: int | None, rpm: float | None, latency: float = api.TYPICAL_LATENCY_S
+) -> float | None:
+    """Wall time when the pool is bound by concurrency (N in flight, ~11 s each)
+    or by the rate limit, whichever is tighter; None when neither is known."""
+    rates = []
+    if concurrency:
+        rates.append(concurrency / latency)
+    if rpm:
+        rates.append(rpm / 60.0)
+    if not rates:
+        return None
+    return float(math.ceil(jobs / min(rates)))
+
+
+def make_plan(
+    *,
+    manifest: str,
+    model: str,
+    price: float,
+    axes: dict[str, int],
+    jobs: Iterable[Job],
+    state: LedgerState,
+    retry_failed: bool = False,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+) -> Plan:
+    total = done = failed = 0
+    for job in jobs:
+        total += 1
+        if job.job_id not in state.records:
+            continue
+        if state.is_done(job.job_id):
+            done += 1
+        elif not retry_failed and state.failed_for_good(job.job_id):
+            failed += 1
+    to_run = total - done - failed
+    return Plan(
+        manifest=manifest,
+        model=model,
+        price=price,
+        axes=axes,
+        jobs=total,
+        done=done,
+        failed=failed,
+        to_run=to_run,
+        estimated_cost=round(to_run * price, 6),
+        estimated_seconds=estimate_seconds(to_run, concurrency=concurrency, rpm=rpm),
+    )
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def render(plan: Plan) -> str:
+    sizes = dict(plan.axes)
+    explicit = sizes.pop("explicit jobs", 0)
+    axes = " x ".join(f"{name} {size}" for name, size in sizes.items())
+    if explicit:
+        axes = f"{axes} + {explicit} explicit jobs" if axes else f"{explicit} explicit jobs"
+    lines = [
+        f"manifest   {plan.manifest} (model {plan.model}, ${plan.price:g} per image)",
+        f"axes       {axes}" if axes else "axes       (none)",
+        f"jobs       {plan.jobs:,}",
+        f"done       {plan.done:,}",
+    ]
+    if plan.failed:
+        lines.append(f"failed     {plan.failed:,} (skipped; --retry-failed runs them again)")
+    lines.append(f"to run     {plan.to_run:,}")
+    lines.append(f"cost       ${plan.estimated_cost:,.2f} estimated for the jobs to run")
+    if plan.estimated_seconds is not None:
+        lines.append(f"time       about {format_duration(plan.estimated_seconds)}")
+    return "\n".join(lines)

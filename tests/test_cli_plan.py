@@ -1,0 +1,94 @@
+"""`batchgen plan`: figures, listing, and errors that are not tracebacks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from batchgen import ledger
+from batchgen.cli import main
+from tests.helpers import make_image, write
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    for i in range(3):
+        make_image(tmp_path / "photos" / f"p{i}.jpg", colour=i)
+    write(
+        tmp_path / "m.yaml",
+        """
+        price: 0.05
+        grid:
+          image_file: [photos/]
+          prompt: [one, two]
+          seed: [101, 202]
+        """,
+    )
+    return tmp_path
+
+
+def plan_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    assert main(["plan", *args, "--json"]) == 0
+    result: dict[str, object] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_plan_counts_done_jobs_from_the_ledger(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = str(project / "m.yaml")
+    fresh = plan_json(capsys, m, "--out", str(project / "out"))
+    assert fresh["jobs"] == 12 and fresh["done"] == 0 and fresh["to_run"] == 12
+    assert fresh["estimated_cost"] == pytest.approx(0.60)
+    assert main(["plan", m, "--list"]) == 0
+    jobs = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
+    assert len(jobs) == 12 and "sha256" in jobs[0]["params"]["image_file"]
+    assert "data" not in json.dumps(jobs[0])  # image bytes are never listed
+
+    out = project / "out"
+    out.mkdir()
+    (out / "a.jpg").write_bytes(b"x")
+    lines = [
+        ledger.encode({"v": 1, "ts": "t", "job_id": jobs[0]["job_id"], "status": "succeeded",
+                       "output": "a.jpg", "bytes": 1, "sha256": hashlib.sha256(b"x").hexdigest()}),
+        ledger.encode({"v": 1, "ts": "t", "job_id": jobs[1]["job_id"], "status": "failed", "retryable": False}),
+        ledger.encode({"v": 1, "ts": "t", "job_id": jobs[2]["job_id"], "status": "succeeded",
+                       "output": "missing.jpg", "bytes": 1, "sha256": "0" * 64}),
+    ]  # fmt: skip
+    (out / "ledger.jsonl").write_bytes(b"".join(lines))
+    again = plan_json(capsys, m, "--out", str(out))
+    assert (again["done"], again["failed"], again["to_run"]) == (1, 1, 10)
+    assert again["estimated_cost"] == pytest.approx(0.50)
+    retry = plan_json(capsys, m, "--ledger", str(out / "ledger.jsonl"), "--retry-failed")
+    assert retry["to_run"] == 11
+
+
+def test_plan_estimates_time(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    figures = plan_json(capsys, str(project / "m.yaml"), "--rpm", "6", "--concurrency", "50")
+    assert figures["estimated_seconds"] == 120  # 12 jobs at 6 per minute
+    assert main(["plan", str(project / "m.yaml"), "--concurrency", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "jobs       12" in text and "time       about 33s" in text
+
+
+def test_bad_manifest_exits_2_without_traceback(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = write(
+        project / "bad.yaml", "grid:\n  image_file: [photos/]\n  prompt: [x]\n  seed: [5]\n"
+    )
+    assert main(["plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: seed 5 is out of range 100..999999" in err
+    assert "Traceback" not in err
+
+
+def test_missing_manifest_and_bad_flags(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(project / "nope.yaml")]) == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["plan", str(project / "m.yaml"), "--rpm", "-3"])
+    assert caught.value.code == 2
