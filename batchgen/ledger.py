@@ -7,7 +7,11 @@ It is what makes a run resumable without paying twice. Every line carries
 - `started`    written and fsync'd just before a request is sent, so a crash
                leaves evidence of what might have been billed
 - `succeeded`  written only after the output file is in place
-- `failed`     with `error`, `http_status`, `retryable`, `attempts`
+- `retry`      an attempt failed and will be tried again (`http_status`, `error`,
+               `billed`: no / maybe / billed, `cost`, `delay`)
+- `failed`     with `error`, `http_status`, `retryable`, `attempts`, `billed`
+- `interrupted` the run stopped around this job (bad key, no credits…): not the
+               job's failure, the next run does it
 - `run_end`    a run ended (why, and its totals)
 
 Lines are written by one writer task that group-commits: many lines, one fsync.
@@ -33,7 +37,7 @@ from batchgen.errors import LedgerError
 
 VERSION: Final = 1
 DEFAULT_NAME: Final = "ledger.jsonl"
-JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed"})
+JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed", "interrupted"})
 
 
 def timestamp(now: float | None = None) -> str:
@@ -107,8 +111,8 @@ class LedgerState:
         elif status == "failed":
             retryable = bool(record.get("retryable", True))
             self.records[job] = JobRecord("failed", retryable=retryable, error=record.get("error"))
-        else:
-            self.records[job] = JobRecord("started")
+        else:  # started (maybe billed, never finished) or interrupted: run it again
+            self.records[job] = JobRecord(status)
 
     def is_done(self, job_id: str) -> bool:
         """Succeeded, and its output file is still there with the recorded bytes."""

@@ -1,0 +1,138 @@
+"""One run, wired together: ledger writer, HTTP session, pacing, runner, signals.
+
+The CLI and the demo both come through here, so the demo is a real run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchgen import events, retry
+from batchgen.client import Client, make_session
+from batchgen.grid import Job
+from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.manifest import Manifest
+from batchgen.pacing import Clock, Pacer, Sleep
+from batchgen.runner import Runner, RunOptions, RunTotals
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    manifest: Manifest
+    out: Path
+    ledger_path: Path
+    api_base: str
+    api_key: str
+    options: RunOptions
+    rpm: float | None = None
+    timeout: float = retry.REQUEST_TIMEOUT_S
+
+
+@dataclass
+class BatchResult:
+    totals: RunTotals
+    seconds: float
+    run_id: str
+
+
+async def run_batch(
+    config: BatchConfig,
+    jobs: Iterable[Job],
+    state: LedgerState,
+    *,
+    on_event: events.Listener = events.ignore,
+    handle_signals: bool = True,
+    sleep: Sleep = asyncio.sleep,
+    clock: Clock = time.monotonic,
+) -> BatchResult:
+    """Run the jobs; the first SIGINT/SIGTERM stops dispatching and drains, a second
+    one aborts the requests in flight. Either way the ledger is flushed."""
+    run_id = uuid.uuid4().hex
+    began = time.monotonic()
+    async with (
+        LedgerWriter(config.ledger_path) as ledger,
+        make_session(config.options.concurrency, timeout=config.timeout) as session,
+    ):
+        await ledger.write(_run_line(config, run_id))
+        runner = Runner(
+            model=config.manifest.model,
+            price=config.manifest.price,
+            client=Client(session, api_base=config.api_base, api_key=config.api_key),
+            ledger=ledger,
+            state=state,
+            out=config.out,
+            options=config.options,
+            pacer=Pacer(config.rpm, sleep=sleep, clock=clock),
+            on_event=on_event,
+            sleep=sleep,
+        )
+        with _signals(runner, enabled=handle_signals):
+            try:
+                await runner.run(jobs)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.uncancel() > 0:
+                    raise
+                runner.totals.stopped = "aborted by a second signal; requests in flight were cut"
+        totals = runner.totals
+        end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": totals.stopped}
+        await ledger.write(
+            {**end, "succeeded": totals.succeeded, "failed": totals.failed,
+             "spent": round(totals.spent, 6)}
+        )  # fmt: skip
+    return BatchResult(totals, time.monotonic() - began, run_id)
+
+
+def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
+    options = config.options
+    return {
+        "job_id": None,
+        "status": "run",
+        "run_id": run_id,
+        "manifest": config.manifest.display,
+        "manifest_sha256": config.manifest.digest,
+        "model": config.manifest.model,
+        "price": config.manifest.price,
+        "options": {
+            "api_base": config.api_base,  # never the key
+            "concurrency": options.concurrency,
+            "rpm": config.rpm,
+            "max_cost": options.max_cost,
+            "max_attempts": options.max_attempts,
+            "retry_failed": options.retry_failed,
+            "timeout": config.timeout,
+        },
+    }
+
+
+class _signals:
+    """Install the two-step SIGINT/SIGTERM handling for the duration of a run."""
+
+    def __init__(self, runner: Runner, *, enabled: bool) -> None:
+        self.runner, self.enabled, self.count = runner, enabled, 0
+        self.task = asyncio.current_task()
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.runner.request_stop(f"interrupted by {sig.name}")
+        elif self.task is not None:
+            self.task.cancel()

@@ -1,0 +1,51 @@
+"""What the runner tells the outside world, as frozen values to a callback.
+
+The runner never imports tqdm: the CLI turns these into a progress bar or log lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRetrying:
+    job_id: str
+    attempt: int
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobThrottled:
+    job_id: str
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    job_id: str
+    ok: bool
+    cost: float
+    output: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStopping:
+    reason: str
+
+
+Event = JobStarted | JobRetrying | JobThrottled | JobFinished | RunStopping
+Listener = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """The listener for callers that do not care."""

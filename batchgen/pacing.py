@@ -1,0 +1,94 @@
+"""Pacing shared by every worker: the rate limit, and a pool-wide cool-down after a 429.
+
+A 429 is the pool's signal to slow down, so it pauses everyone, not just the
+worker that saw it. Consecutive 429s lengthen the pause; a success resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from aiolimiter import AsyncLimiter
+
+from batchgen import retry
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class Pacer:
+    def __init__(
+        self,
+        rpm: float | None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        cooldown: float = retry.THROTTLE_COOLDOWN_S,
+    ) -> None:
+        # A burst of one: aiolimiter lets max_rate through at once, and a minute's
+        # quota at start-up is exactly the burst a per-minute limit punishes.
+        self._limiter = AsyncLimiter(1, 60.0 / rpm) if rpm else None
+        self._sleep = sleep
+        self._clock = clock
+        self._cooldown = cooldown
+        self._cool_until = 0.0
+        self._streak = 0
+        self.throttles = 0
+
+    async def wait_turn(self) -> None:
+        while (remaining := self._cool_until - self._clock()) > 0:
+            await self._sleep(remaining)
+        if self._limiter is not None:
+            await self._limiter.acquire()
+
+    def throttled(self, retry_after: float | None) -> float:
+        """Pause the whole pool; returns the pause chosen."""
+        self.throttles += 1
+        if retry_after is None:
+            self._streak += 1
+            pause = min(retry.BACKOFF_CAP_S, self._cooldown * 2.0 ** (self._streak - 1))
+        else:
+            pause = retry_after
+        self._cool_until = max(self._cool_until, self._clock() + pause)
+        return pause
+
+    def succeeded(self) -> None:
+        self._streak = 0
+
+
+class RetryBudget:
+    """Retries may add at most `ratio` of the first attempts (plus `minimum`) over a
+    sliding window (gRPC/Finagle style), so an outage ends in a fast, clear stop
+    rather than a retry storm."""
+
+    def __init__(
+        self,
+        *,
+        ratio: float = retry.RETRY_BUDGET_RATIO,
+        minimum: int = retry.RETRY_BUDGET_MIN,
+        window: float = retry.RETRY_BUDGET_WINDOW_S,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.ratio, self.minimum, self.window, self._clock = ratio, minimum, window, clock
+        self._firsts: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def _prune(self, now: float) -> None:
+        for stamps in (self._firsts, self._retries):
+            while stamps and stamps[0] <= now - self.window:
+                stamps.popleft()
+
+    def first_attempt(self) -> None:
+        self._firsts.append(self._clock())
+
+    def try_retry(self) -> bool:
+        """Spend one retry if the budget allows it."""
+        now = self._clock()
+        self._prune(now)
+        if len(self._retries) >= self.minimum + self.ratio * len(self._firsts):
+            return False
+        self._retries.append(now)
+        return True

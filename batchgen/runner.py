@@ -1,0 +1,340 @@
+"""The scheduler: a fixed pool of workers fed from the lazy job stream.
+
+One producer walks the jobs (skipping what the ledger says is done) into a
+bounded queue, so memory stays flat however many jobs there are; N workers
+take jobs off it, wait their turn with the shared `Pacer`, and record every
+step in the ledger. A run-stopping answer (bad key, unknown model, no credits),
+the budget, the retry budget or a signal sets one flag: nothing new is sent,
+in-flight requests finish and are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from batchgen import api, events, outputs, retry
+from batchgen.client import Answer, Client
+from batchgen.errors import ApiError, ApiStatusError, TransportError
+from batchgen.grid import Job, describe
+from batchgen.images import EncodedImages, LocalImage
+from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.pacing import Pacer, RetryBudget, Sleep
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    concurrency: int = 8
+    max_cost: float | None = None
+    max_attempts: int = retry.MAX_ATTEMPTS
+    retry_failed: bool = False
+
+
+@dataclass
+class RunTotals:
+    succeeded: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    not_run: int = 0  # left for the next run when this one stopped early
+    spent: float = 0.0
+    possibly_billed: float = 0.0
+    requests: int = 0
+    throttled: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    remaining_credits: str | None = None
+    stopped: str | None = None  # why the run stopped early, if it did
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        model: str,
+        price: float,
+        client: Client,
+        ledger: LedgerWriter,
+        state: LedgerState,
+        out: Path,
+        options: RunOptions,
+        pacer: Pacer,
+        budget: RetryBudget | None = None,
+        images: EncodedImages | None = None,
+        on_event: events.Listener = events.ignore,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.model, self.price, self.client, self.ledger = model, price, client, ledger
+        self.state, self.out, self.options, self.pacer = state, out, options, pacer
+        self.budget = budget or RetryBudget()
+        self.images = images or EncodedImages()
+        self.emit, self.sleep, self.rng = on_event, sleep, rng or random.Random()
+        self.totals = RunTotals()
+        self._reserved = 0.0  # price of requests in flight, for the cost cap
+        self._out_from_ledger = PurePosixPath(os.path.relpath(out, ledger.path.parent))
+        self._stop = asyncio.Event()
+
+    # -- control ----------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Stop dispatching; what is in flight finishes and is recorded."""
+        if not self._stop.is_set():
+            self.totals.stopped = reason
+            self._stop.set()
+            self.emit(events.RunStopping(reason))
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self, jobs: Any) -> RunTotals:
+        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.options.concurrency)
+        async with asyncio.TaskGroup() as group:
+            for n in range(self.options.concurrency):
+                group.create_task(self._worker(queue), name=f"worker-{n}")
+            await self._produce(jobs, queue)
+        return self.totals
+
+    async def _produce(self, jobs: Any, queue: asyncio.Queue[Job | None]) -> None:
+        try:
+            for job in jobs:
+                if self.state.is_done(job.job_id):
+                    self.totals.skipped_done += 1
+                elif not self.options.retry_failed and self.state.failed_for_good(job.job_id):
+                    self.totals.skipped_failed += 1
+                elif self.stopping:
+                    self.totals.not_run += 1
+                else:
+                    await queue.put(job)
+        finally:
+            for _ in range(self.options.concurrency):
+                await queue.put(None)
+
+    async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
+        while (job := await queue.get()) is not None:
+            if self.stopping:
+                self.totals.not_run += 1
+                continue
+            await self._run_job(job)
+
+    # -- one job ----------------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        params = describe(job.params)
+        try:
+            body = self._body(job)  # once per job, however many attempts it takes
+        except (OSError, ValueError) as err:
+            error = ApiError(f"cannot read the input image: {err}")
+            await self._fail(job, params, error, 0, "no", retryable=True)
+            return
+        attempt = throttled = 0
+        while True:
+            await self.pacer.wait_turn()
+            if not self._within_budget():  # no await between this check and the reservation
+                self.request_stop(
+                    f"the --max-cost budget of ${self.options.max_cost:.2f} is reached"
+                )
+            if self.stopping:
+                self.totals.not_run += 1
+                return
+            self._reserved += self.price
+            attempt += 1
+            outcome = await self._attempt(job, params, body, attempt)
+            if outcome is None:
+                return
+            error, billed = outcome
+            verdict = retry.classify(error.status if isinstance(error, ApiStatusError) else None)
+            if verdict is retry.Verdict.THROTTLED:
+                attempt -= 1  # a 429 is not the job's fault: it does not use up attempts
+                throttled += 1
+                retry_after = error.retry_after if isinstance(error, ApiStatusError) else None
+                self.pacer.throttled(retry_after)
+                self.totals.throttled += 1
+                await self._retrying(job, error, billed, attempt, retry_after)
+                self.emit(events.JobThrottled(job.job_id, retry_after))
+                if throttled < retry.MAX_THROTTLED:
+                    continue
+                await self._fail(job, params, error, attempt, billed, retryable=True)
+                return
+            if verdict is retry.Verdict.STOP_RUN:
+                await self._interrupted(job, params, error, billed)
+                self.request_stop(_stop_reason(error))
+                return
+            if verdict is retry.Verdict.FAIL_JOB or billed == "billed":
+                await self._fail(job, params, error, attempt, billed, retryable=False)
+                return
+            if attempt >= self.options.max_attempts:
+                await self._fail(job, params, error, attempt, billed, retryable=True)
+                return
+            if not self.budget.try_retry():
+                await self._interrupted(job, params, error, billed)
+                self.request_stop(f"retry budget exhausted: the service keeps failing ({error})")
+                return
+            retry_after = error.retry_after if isinstance(error, ApiStatusError) else None
+            delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
+            await self._retrying(job, error, billed, attempt, delay)
+            await self.sleep(delay)
+
+    def _within_budget(self) -> bool:
+        cap = self.options.max_cost
+        if cap is None:
+            return True
+        committed = self.totals.spent + self.totals.possibly_billed + self._reserved
+        return committed + self.price <= cap + 1e-9
+
+    async def _attempt(
+        self, job: Job, params: dict[str, Any], body: bytes, attempt: int
+    ) -> tuple[ApiError, str] | None:
+        """One request, its price already reserved. None when the job is finished; else
+        the error and whether it was billed: 'no', 'maybe' (502/504, a timeout after
+        sending) or 'billed'."""
+        try:
+            if attempt == 1:
+                self.budget.first_attempt()
+            await self.ledger.write(
+                {"job_id": job.job_id, "status": "started", "attempt": attempt,
+                 "price": self.price, "params": params}
+            )  # fmt: skip
+            self.emit(events.JobStarted(job.job_id, attempt))
+            self.totals.requests += 1
+            answer = await self.client.generate(self.model, body)
+        except ApiError as error:
+            billed = _billed(error)
+            if billed == "maybe":
+                self.totals.possibly_billed += self.price
+            elif billed == "billed":
+                self.totals.spent += self.price
+            return error, billed
+        finally:
+            self._reserved -= self.price
+        self.pacer.succeeded()
+        self.totals.spent += self.price
+        await self._succeed(job, params, answer, attempt)
+        return None
+
+    def _body(self, job: Job) -> bytes:
+        image = job.params["image_file"]
+        if isinstance(image, LocalImage):
+            image_json = b'"' + self.images.get(image) + b'"'
+        else:
+            image_json = json.dumps(image).encode()
+        return api.encode_request(job.params, image_json)
+
+    async def _succeed(
+        self, job: Job, params: dict[str, Any], answer: Answer, attempt: int
+    ) -> None:
+        relative = outputs.final_path(job.output, api.EXTENSIONS[answer.format])
+        target = outputs.confine(self.out, relative)
+        await asyncio.to_thread(outputs.write_atomic, target, answer.body)
+        if "x-remaining-credits" in answer.headers:
+            self.totals.remaining_credits = answer.headers["x-remaining-credits"]
+        output = (self._out_from_ledger / relative).as_posix()
+        record = {
+            "job_id": job.job_id,
+            "status": "succeeded",
+            "output": output,
+            "cost": self.price,
+            "bytes": len(answer.body),
+            "sha256": _sha256(answer.body),
+            "attempts": attempt,
+            "headers": dict(answer.headers),
+            "params": params,
+        }
+        await self.ledger.write(record)
+        self.totals.succeeded += 1
+        self.emit(events.JobFinished(job.job_id, True, self.price, output=output))
+
+    async def _retrying(
+        self, job: Job, error: ApiError, billed: str, attempt: int, delay: float | None
+    ) -> None:
+        """Close the attempt in the ledger: what went wrong and whether it may have cost."""
+        status, message = _describe_error(error)
+        await self.ledger.write(
+            {"job_id": job.job_id, "status": "retry", "attempt": attempt, "http_status": status,
+             "error": message, "billed": billed, "cost": self._cost(billed), "delay": delay}
+        )  # fmt: skip
+        if delay is not None and status != 429:
+            self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
+
+    def _cost(self, billed: str) -> float:
+        return self.price if billed in ("maybe", "billed") else 0.0
+
+    async def _fail(
+        self,
+        job: Job,
+        params: dict[str, Any],
+        error: ApiError,
+        attempts: int,
+        billed: str,
+        *,
+        retryable: bool,
+    ) -> None:
+        status, message = _describe_error(error)
+        await self.ledger.write(
+            {
+                "job_id": job.job_id,
+                "status": "failed",
+                "error": message,
+                "http_status": status,
+                "retryable": retryable,
+                "attempts": attempts,
+                "billed": billed,
+                "cost": self._cost(billed),
+                "params": params,
+            }
+        )
+        self.totals.failed += 1
+        self.totals.failures[f"HTTP {status}: {message}" if status else message] += 1
+        self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
+
+    async def _interrupted(
+        self, job: Job, params: dict[str, Any], error: ApiError, billed: str
+    ) -> None:
+        """Not the job's failure: the run stopped around it; the next run does it."""
+        status, message = _describe_error(error)
+        await self.ledger.write(
+            {"job_id": job.job_id, "status": "interrupted", "http_status": status,
+             "error": message, "billed": billed, "cost": self._cost(billed), "params": params}
+        )  # fmt: skip
+        self.totals.not_run += 1
+
+
+def _describe_error(error: ApiError) -> tuple[int | None, str]:
+    if isinstance(error, ApiStatusError):
+        return error.status, error.message
+    return None, str(error)
+
+
+def _billed(error: ApiError) -> str:
+    if isinstance(error, TransportError):
+        return "maybe" if error.sent else "no"
+    if isinstance(error, ApiStatusError):
+        if error.status == 200:
+            return "billed"  # an answer that is not an image was still a 200
+        if error.status in retry.POSSIBLY_BILLED:
+            return "maybe"
+    return "no"
+
+
+def _stop_reason(error: ApiError) -> str:
+    if not isinstance(error, ApiStatusError):
+        return str(error)
+    reasons = {
+        401: "the API key was refused (HTTP 401)",
+        403: "the API key is not allowed to use this model (HTTP 403)",
+        404: "the model or endpoint was not found (HTTP 404)",
+        406: "the account has insufficient credits (HTTP 406)",
+    }
+    reason = reasons.get(error.status, f"HTTP {error.status}")
+    return f"{reason}: {error.message}"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,162 @@
+"""`batchgen run` as a real process: killed, interrupted, keyless; the key never leaks."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batchgen import grid, ledger, manifest
+from tests.processes import batchgen, emulator_process, wait_for_lines
+from tests.runs import job_fingerprints, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def ledger_state(out: Path) -> tuple[set[str], set[str]]:
+    """(jobs recorded as succeeded, jobs with an attempt open: maybe in flight at a kill)."""
+    succeeded: set[str] = set()
+    open_attempts: set[str] = set()
+    for record in ledger.read(out / "ledger.jsonl"):
+        job = record.get("job_id")
+        if record["status"] == "started":
+            open_attempts.add(job)
+        elif job is not None:
+            open_attempts.discard(job)
+            if record["status"] == "succeeded":
+                succeeded.add(job)
+    return succeeded, open_attempts
+
+
+def test_sigkill_mid_run_then_resume_never_pays_twice_for_finished_work(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=4, prompts=3, seeds=2)  # 24 jobs
+    out = tmp_path / "out"
+    fingerprints = job_fingerprints(m)
+    rng = random.Random(7)
+    charged_when_recorded: dict[str, int] = {}  # job -> its charges once its success was on disk
+    in_flight_at_kills = kills = 0
+    with emulator_process("--latency", "0.4", "--latency-jitter", "0.5") as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        for _ in range(3):
+            run = batchgen("run", str(m), "--out", str(out), "--concurrency", "4", env=env)
+            wait_for_lines(out / "ledger.jsonl", "succeeded", len(charged_when_recorded) + 1)
+            time.sleep(rng.uniform(0.0, 0.6))
+            run.send_signal(signal.SIGKILL)
+            run.communicate(timeout=10)
+            kills += 1
+            succeeded, open_attempts = ledger_state(out)
+            charges = emu.stats()["charges"]
+            for job in succeeded - set(charged_when_recorded):
+                charged_when_recorded[job] = charges[fingerprints[job]]
+            in_flight_at_kills += len(open_attempts)
+        final = batchgen("run", str(m), "--out", str(out), "--no-progress", env=env)
+        _, stderr = final.communicate(timeout=60)
+        assert final.returncode == 0, stderr
+        charges = emu.stats()["charges"]
+    jobs = list(grid.expand(manifest.load(m)))
+    succeeded, open_attempts = ledger_state(out)
+    assert succeeded == {job.job_id for job in jobs} and not open_attempts
+    outputs = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert len(outputs) == len(jobs) + 1  # one image per job, plus the ledger
+    # once a success is recorded, that job is never charged again
+    assert {
+        job: charges[fingerprints[job]] for job in charged_when_recorded
+    } == charged_when_recorded
+    double = sum(count - 1 for count in charges.values() if count > 1)
+    assert double <= in_flight_at_kills  # only requests cut by a kill were paid twice
+    print(
+        f"\ncrash test: {len(jobs)} jobs, {kills} SIGKILLs, {len(charged_when_recorded)} recorded "
+        f"before a kill and never charged again, {in_flight_at_kills} requests in flight at the "
+        f"kills, {double} charged twice (all of them cut by a kill)"
+    )
+
+
+def test_sigint_drains_in_flight_requests_and_exits_3(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=4, prompts=2, seeds=2)  # 16 jobs
+    out = tmp_path / "out"
+    with emulator_process("--latency", "1.0", "--latency-jitter", "0") as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        run = batchgen("run", str(m), "--out", str(out), "--concurrency", "4", env=env)
+        wait_for_lines(out / "ledger.jsonl", "started", 4)
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=30)
+        assert run.returncode == 3, stderr
+        assert "interrupted by SIGINT" in stdout and "resume" in stdout
+        succeeded, open_attempts = ledger_state(out)
+        assert len(succeeded) >= 4 and not open_attempts  # in flight finished and recorded
+        end = [r for r in ledger.read(out / "ledger.jsonl") if r["status"] == "run_end"]
+        assert "SIGINT" in end[-1]["stopped"]
+        again = batchgen("run", str(m), "--out", str(out), env=env)
+        again.communicate(timeout=60)
+        assert again.returncode == 0
+        assert emu.stats()["billed_total"] == 16
+
+
+def test_a_second_sigint_aborts_in_flight_requests(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=2, seeds=1)
+    out = tmp_path / "out"
+    with emulator_process("--latency", "3", "--latency-jitter", "0") as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        run = batchgen("run", str(m), "--out", str(out), "--concurrency", "4", env=env)
+        wait_for_lines(out / "ledger.jsonl", "started", 4)
+        began = time.monotonic()
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+        assert run.returncode == 3, stderr
+        assert time.monotonic() - began < 2.5  # did not wait for the 3 s requests
+        assert "Traceback" not in stderr
+        _, open_attempts = ledger_state(out)
+        assert len(open_attempts) == 4  # cut short: evidence of what might be billed
+
+
+def test_missing_key_is_a_clear_error_before_any_work(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    run = batchgen("run", str(m), "--out", str(tmp_path / "out"))
+    _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 2
+    assert "SEGMIND_API_KEY is not set" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_key_never_appears_in_anything_written(tmp_path: Path) -> None:
+    secret = "sk-SECRET-9f8e7d6c5b4a"
+    wrong = "sk-WRONG-0a1b2c3d4e5f"
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)
+    texts: list[str] = []
+    with emulator_process("--script", "502,400", key=secret) as emu:
+        for key, out in ((secret, tmp_path / "out"), (wrong, tmp_path / "out-wrong")):
+            env = {"SEGMIND_API_KEY": key, "SEGMIND_API_BASE": emu.url}
+            for args in (["run", str(m), "--out", str(out)], ["report", str(out)],
+                         ["run", "--help"], ["plan", str(m), "--out", str(out), "--list"]):  # fmt: skip
+                process = batchgen(*args, env=env)
+                texts += process.communicate(timeout=60)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+    everything = "\n".join(texts)
+    assert "HTTP 400" in everything and "refused (HTTP 401)" in everything  # both runs happened
+    assert secret not in everything and wrong not in everything
+
+
+def test_report_merges_ledgers_and_groups_failures(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    with emulator_process("--script", "400") as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        run = batchgen("run", str(m), "--out", str(out), "--concurrency", "1", env=env)
+        stdout, _ = run.communicate(timeout=60)
+    assert run.returncode == 1 and "HTTP 400" in stdout
+    report = batchgen("report", str(out), "--json")
+    summary = json.loads(report.communicate(timeout=30)[0])
+    assert report.returncode == 1
+    assert (summary["succeeded"], summary["failed"]) == (3, 1)
+    assert list(summary["failures"].values()) == [1]
+    assert Counter(j["retryable"] for j in summary["failed_jobs"]) == {False: 1}
+    assert summary["spent"] == pytest.approx(3 * 0.063)

@@ -1,0 +1,165 @@
+"""`run` against the bundled emulator: outcomes a user relies on (files, ledger, charges)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from batchgen import ledger, report
+from tests.helpers import write
+from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
+
+
+async def test_every_job_succeeds_once_with_its_file_and_ledger_lines(tmp_path: Path) -> None:
+    m = make_project(tmp_path)
+    out = tmp_path / "out"
+    async with emulated() as served:
+        result = await run(m, served, out, concurrency=4)
+        stats = served.stats
+    assert result.totals.succeeded == 12 and result.totals.failed == 0 and not result.totals.stopped
+    records = lines(out)
+    statuses = Counter(r["status"] for r in records)
+    assert statuses == {"run": 1, "started": 12, "succeeded": 12, "run_end": 1}
+    for record in records:
+        assert record["v"] == 1 and record["ts"].endswith("Z") and "job_id" in record
+    for record in (r for r in records if r["status"] == "succeeded"):
+        data = (out / record["output"]).read_bytes()
+        assert data[:3] == b"\xff\xd8\xff" and record["output"].endswith(".jpg")
+        assert hashlib.sha256(data).hexdigest() == record["sha256"]
+        assert record["bytes"] == len(data) and record["cost"] == pytest.approx(0.063)
+        assert record["params"]["image_file"]["sha256"]  # the image by its digest ...
+        assert "data" not in record["params"]["image_file"]  # ... never its bytes
+        assert "x-request-id" in record["headers"]
+    assert stats.billed_total == 12 and not stats.double_charged()
+    assert not list(out.rglob("*.part"))  # no temp file left behind
+
+
+async def test_transient_faults_recover_without_sleeping(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    sleep = FakeSleep()
+    async with emulated(script=[502, 504, 500, 200], billed_504_share=0.0) as served:
+        result = await run(m, served, out, sleep=sleep, concurrency=1)
+    assert result.totals.succeeded == 1 and result.totals.requests == 4
+    retries = [r for r in lines(out) if r["status"] == "retry"]
+    assert [r["http_status"] for r in retries] == [502, 504, 500]
+    assert [r["billed"] for r in retries] == ["maybe", "maybe", "no"]
+    assert result.totals.possibly_billed == pytest.approx(2 * 0.063)
+    assert len(sleep.pauses) == 3 and all(0 <= p <= 4 for p in sleep.pauses)
+
+
+async def test_gives_up_after_max_attempts_and_resumes_later(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with emulated(script=[500, 500, 500]) as served:
+        first = await run(m, served, out, sleep=FakeSleep(), max_attempts=3)
+        assert first.totals.failed == 1 and first.totals.requests == 3
+        failed = [r for r in lines(out) if r["status"] == "failed"]
+        assert failed[0]["retryable"] is True and failed[0]["attempts"] == 3
+        second = await run(m, served, out, sleep=FakeSleep())
+    assert second.totals.succeeded == 1  # retryable failures are retried on resume
+
+
+async def test_a_429_storm_slows_the_pool_and_does_not_use_up_attempts(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    sleep = FakeSleep()
+    async with emulated(script=[429] * 8) as served:
+        result = await run(m, served, out, sleep=sleep, max_attempts=2)
+    assert result.totals.succeeded == 1 and result.totals.throttled == 8
+    # the pool-wide cool-down grows while the 429s continue
+    assert sleep.pauses[:4] == [2.0, 4.0, 8.0, 16.0]
+
+
+async def test_a_real_rate_limit_is_survived(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=3, prompts=2, seeds=2)
+    out = tmp_path / "out"
+    async with emulated(rate_limit_rpm=1200, rate_burst=2, retry_after=True) as served:
+        result = await run(m, served, out, concurrency=8, rpm=1200)
+        stats = served.stats
+    assert result.totals.succeeded == 12
+    assert stats.billed_total == 12 and not stats.double_charged()
+
+
+async def test_a_400_fails_that_job_only(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    async with emulated(script=[400]) as served:
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep())
+    assert (result.totals.succeeded, result.totals.failed) == (3, 1)
+    failed = [r for r in lines(out) if r["status"] == "failed"]
+    assert failed[0]["http_status"] == 400 and failed[0]["retryable"] is False
+    summary = report.summarize([out / ledger.DEFAULT_NAME])
+    assert summary.failed == 1 and summary.succeeded == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"key": "wrong-key"}, "refused (HTTP 401)"),
+        ({"model": "no-such-model"}, "not found (HTTP 404)"),
+        ({"credits": 0.1}, "insufficient credits (HTTP 406)"),
+    ],
+)
+async def test_run_stopping_answers_stop_after_few_requests(
+    tmp_path: Path, setting: dict[str, object], reason: str
+) -> None:
+    m = make_project(tmp_path, images=3, prompts=4, seeds=4)  # 48 jobs
+    if "model" in setting:
+        text = m.read_text()
+        m.write_text(f"model: {setting['model']}\n{text}")
+    out = tmp_path / "out"
+    credits = setting.get("credits")
+    async with emulated(**({"credits": credits} if credits else {})) as served:
+        key = setting.get("key")
+        result = await run(m, served, out, key=str(key) if key else None, concurrency=4)
+        requests = served.stats.requests_total
+    assert result.totals.stopped is not None and reason in result.totals.stopped
+    assert requests <= 4 + 1 + 4  # the pool stops at once: no new requests after the answer
+    assert result.totals.failed == 0  # not the jobs' fault: the next run does them
+    statuses = Counter(r["status"] for r in lines(out))
+    assert statuses["failed"] == 0 and statuses["interrupted"] >= 1
+
+
+async def test_max_cost_is_never_exceeded(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=3, prompts=2, seeds=2)
+    out = tmp_path / "out"
+    async with emulated(latency=0.05) as served:
+        result = await run(m, served, out, concurrency=6, max_cost=0.2)
+        billed = served.stats.billed_total
+    assert billed == 3 and result.totals.spent <= 0.2
+    assert result.totals.stopped and "--max-cost" in result.totals.stopped
+
+
+async def test_editing_the_manifest_runs_only_new_jobs(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    async with emulated() as served:
+        await run(m, served, out)
+        assert served.stats.requests_total == 4
+        write(m, m.read_text().replace('prompt: ["prompt 0"]', 'prompt: ["prompt 0", "new one"]'))
+        again = await run(m, served, out)
+        assert served.stats.requests_total == 8
+        assert again.totals.skipped_done == 4 and again.totals.succeeded == 4
+        assert not served.stats.double_charged()
+
+
+async def test_resume_after_a_torn_line_and_a_lost_file(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    async with emulated() as served:
+        await run(m, served, out)
+        done = [r for r in lines(out) if r["status"] == "succeeded"]
+        (out / done[0]["output"]).unlink()  # a lost output is redone, not trusted
+        with (out / "ledger.jsonl").open("ab") as handle:
+            handle.write(b'{"v":1,"job_id":"abc","sta')  # a crash mid-write
+        again = await run(m, served, out)
+        fps = job_fingerprints(m)
+        charges = served.stats.charges
+    assert again.totals.succeeded == 1 and again.totals.skipped_done == 3
+    assert charges[fps[done[0]["job_id"]]] == 2  # only the lost one was paid again
+    assert sum(charges.values()) == 5
+    assert all(line.strip() for line in (out / "ledger.jsonl").read_text().splitlines())
