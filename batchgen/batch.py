@@ -32,6 +32,7 @@ class BatchConfig:
     options: RunOptions
     rpm: float | None = None
     timeout: float = retry.REQUEST_TIMEOUT_S
+    shard: str | None = None
 
 
 @dataclass
@@ -107,6 +108,7 @@ def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
             "max_attempts": options.max_attempts,
             "retry_failed": options.retry_failed,
             "timeout": config.timeout,
+            "shard": config.shard,
         },
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from batchgen import api
@@ -27,9 +27,27 @@ class Plan:
     to_run: int
     estimated_cost: float
     estimated_seconds: float | None
+    shard: str | None = None  # "I/N" when this plan covers one shard
+    shards: list[dict[str, int]] = field(default_factory=list)  # the split, per shard
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_split(self, split: list[dict[str, int]]) -> Plan:
+        return replace(self, shards=split)
+
+
+def shard_split(jobs: Iterable[Job], state: LedgerState, count: int) -> list[dict[str, int]]:
+    """Jobs and jobs still to run in each of `count` shards, in one pass."""
+    from batchgen.shard import shard_of
+
+    split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(count)]
+    for job in jobs:
+        entry = split[shard_of(job.job_id, count) - 1]
+        entry["jobs"] += 1
+        if not state.is_done(job.job_id):
+            entry["to_run"] += 1
+    return split
 
 
 def estimate_seconds(
@@ -58,6 +76,7 @@ def make_plan(
     retry_failed: bool = False,
     concurrency: int | None = None,
     rpm: float | None = None,
+    shard: str | None = None,
 ) -> Plan:
     total = done = failed = 0
     for job in jobs:
@@ -80,6 +99,7 @@ def make_plan(
         to_run=to_run,
         estimated_cost=round(to_run * price, 6),
         estimated_seconds=estimate_seconds(to_run, concurrency=concurrency, rpm=rpm),
+        shard=shard,
     )
 
 
@@ -103,7 +123,7 @@ def render(plan: Plan) -> str:
     lines = [
         f"manifest   {plan.manifest} (model {plan.model}, ${plan.price:g} per image)",
         f"axes       {axes}" if axes else "axes       (none)",
-        f"jobs       {plan.jobs:,}",
+        f"jobs       {plan.jobs:,}" + (f" in shard {plan.shard}" if plan.shard else ""),
         f"done       {plan.done:,}",
     ]
     if plan.failed:
@@ -112,4 +132,9 @@ def render(plan: Plan) -> str:
     lines.append(f"cost       ${plan.estimated_cost:,.2f} estimated for the jobs to run")
     if plan.estimated_seconds is not None:
         lines.append(f"time       about {format_duration(plan.estimated_seconds)}")
+    for entry in plan.shards:
+        lines.append(
+            f"shard {entry['shard']:<4} {entry['jobs']:,} jobs, {entry['to_run']:,} to run"
+            f"  (batchgen run ... --shard {entry['shard']}/{len(plan.shards)})"
+        )
     return "\n".join(lines)

@@ -7,9 +7,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchgen import ledger
+from batchgen.plan import format_duration
+
+if TYPE_CHECKING:
+    from batchgen.batch import BatchResult
 
 
 @dataclass
@@ -147,4 +151,33 @@ def render(summary: Summary) -> str:
             f"  {j['job_id'][:12]}  {j['image']}  {j['prompt']!r} seed {j['seed']}: {j['error']}"
             for j in summary.failed_jobs
         ]
+    return "\n".join(lines)
+
+
+def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str | None) -> str:
+    """The end-of-run summary: this run's figures, where things went, how to resume."""
+    totals = result.totals
+    head = "stopped early" if totals.stopped else "finished"
+    lines = [
+        f"{head} in {format_duration(result.seconds)}"
+        + (f": {totals.stopped}" if totals.stopped else ""),
+        f"  succeeded   {totals.succeeded:,}"
+        + (f" ({totals.skipped_done:,} were already done)" if totals.skipped_done else ""),
+        f"  failed      {totals.failed:,}"
+        + (f" ({totals.skipped_failed:,} failed before, skipped)" if totals.skipped_failed else ""),
+    ]
+    lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
+    if totals.not_run:
+        lines.append(f"  not run     {totals.not_run:,} (the next run does them)")
+    lines.append(f"  spent       ${totals.spent:,.2f} over {totals.requests:,} requests")
+    if totals.possibly_billed:
+        lines.append(
+            f"  maybe       ${totals.possibly_billed:,.2f} possibly billed (502/504/timeouts)"
+        )
+    if totals.remaining_credits is not None:
+        lines.append(f"  credits     {totals.remaining_credits} remaining, as the service said")
+    lines.append(f"  images      {out}/")
+    lines.append(f"  ledger      {ledger_path}")
+    if resume:
+        lines.append(f"  resume      {resume}")
     return "\n".join(lines)

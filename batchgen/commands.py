@@ -1,0 +1,209 @@
+"""What each command does with its parsed arguments. Parsing and exit-code mapping for
+user errors live in `cli.py`; the work itself lives in the modules these call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchgen import api, grid, ledger, manifest, report, retry, shard
+from batchgen.batch import BatchConfig, BatchResult, run_batch
+from batchgen.errors import InputError
+from batchgen.grid import Job
+from batchgen.plan import Plan, make_plan, render, shard_split
+from batchgen.progress import Progress
+from batchgen.runner import RunOptions
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything checked before a single request: manifest, ledgers, collisions, shard."""
+
+    manifest: manifest.Manifest
+    shard: shard.Shard | None
+    ledger_path: Path
+    state: ledger.LedgerState
+    plan: Plan
+
+    def jobs(self) -> Iterator[Job]:
+        owned = self.shard
+        for job in grid.expand(self.manifest):
+            if owned is None or owned.owns(job.job_id):
+                yield job
+
+
+def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
+    spec = getattr(args, "shard", None)
+    if spec is None:
+        return None
+    return shard.parse(spec, shard_count=args.shard_count, environ=os.environ)
+
+
+def prepare(args: argparse.Namespace, *, ledger_file: Path | None = None) -> Prepared:
+    loaded = manifest.load(args.manifest)
+    owned = resolve_shard(args)
+    out: Path | None = getattr(args, "out", None)
+    name = owned.ledger_name if owned else ledger.DEFAULT_NAME
+    ledger_path = ledger_file or (out / name if out else Path(name))
+    paths = {ledger_path} if ledger_file else set()
+    if out is not None:
+        paths |= {*ledger.ledgers_in(out), ledger_path}  # resume sees every shard's work
+    state = ledger.load_state(sorted(paths))
+    prepared = Prepared(loaded, owned, ledger_path, state, _empty_plan())
+    plan = make_plan(
+        manifest=loaded.display,
+        model=loaded.model,
+        price=loaded.price,
+        axes=grid.axis_sizes(loaded),
+        jobs=prepared.jobs(),  # drained once: a path collision is found before sending
+        state=state,
+        retry_failed=getattr(args, "retry_failed", False),
+        concurrency=getattr(args, "concurrency", None),
+        rpm=rate_limit(args, owned),
+        shard=str(owned) if owned else None,
+    )
+    return Prepared(loaded, owned, ledger_path, state, plan)
+
+
+def _empty_plan() -> Plan:
+    return Plan("", "", 0.0, {}, 0, 0, 0, 0, 0.0, None)
+
+
+def rate_limit(args: argparse.Namespace, owned: shard.Shard | None) -> float | None:
+    """--rpm is this process's own limit; --rpm-total is the key's, shared by N shards."""
+    total = getattr(args, "rpm_total", None)
+    if total is not None:
+        return float(total) / (owned.count if owned else 1)
+    rpm: float | None = getattr(args, "rpm", None)
+    return rpm
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.list:
+        loaded = manifest.load(args.manifest)
+        owned = resolve_shard(args)
+        for job in grid.expand(loaded):
+            if owned is None or owned.owns(job.job_id):
+                line = {"job_id": job.job_id, "output": job.output,
+                        "params": grid.describe(job.params)}  # fmt: skip
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    prepared = prepare(args, ledger_file=args.ledger)
+    plan = prepared.plan
+    if args.shard_count and prepared.shard is None:
+        split = shard_split(grid.expand(prepared.manifest), prepared.state, args.shard_count)
+        plan = plan.with_split(split)
+    print(json.dumps(plan.as_dict()) if args.json else render(plan))
+    return EXIT_OK
+
+
+def api_key(args: argparse.Namespace) -> str:
+    if args.api_key_file is not None:
+        try:
+            key: str = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            message = f"cannot read --api-key-file {args.api_key_file}: {err.strerror}"
+            raise InputError(message) from None
+        if not key:
+            raise InputError(f"--api-key-file {args.api_key_file} is empty")
+        return key
+    key = os.environ.get("SEGMIND_API_KEY", "").strip()
+    if not key:
+        raise InputError(
+            "SEGMIND_API_KEY is not set: export it, or pass --api-key-file FILE "
+            "(try `batchgen demo` to run against the bundled emulator without a key)"
+        )
+    return key
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    key = api_key(args)
+    api_base = args.api_base or os.environ.get("SEGMIND_API_BASE") or api.API_BASE
+    prepared = prepare(args, ledger_file=args.ledger)
+    config = batch_config(args, prepared, api_base, key)
+    result = execute(config, prepared, bar=not args.no_progress)
+    return finish(args, config, result)
+
+
+def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: str) -> BatchConfig:
+    options = RunOptions(
+        concurrency=args.concurrency,
+        max_cost=getattr(args, "max_cost", None),
+        max_attempts=getattr(args, "max_attempts", retry.MAX_ATTEMPTS),
+        retry_failed=getattr(args, "retry_failed", False),
+    )
+    return BatchConfig(
+        manifest=prepared.manifest,
+        out=args.out,
+        ledger_path=prepared.ledger_path,
+        api_base=base,
+        api_key=key,
+        options=options,
+        rpm=rate_limit(args, prepared.shard),
+        timeout=getattr(args, "timeout", retry.REQUEST_TIMEOUT_S),
+        shard=str(prepared.shard) if prepared.shard else None,
+    )
+
+
+def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
+    plan = prepared.plan
+    where = f" (shard {prepared.shard})" if prepared.shard else ""
+    print(
+        f"batchgen: {plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
+        f"run (about ${plan.estimated_cost:,.2f})",
+        file=sys.stderr,
+    )
+    progress = Progress(plan.to_run, bar=bar and sys.stderr.isatty())
+    try:
+        return asyncio.run(run_batch(config, prepared.jobs(), prepared.state, on_event=progress))
+    finally:
+        progress.close()
+
+
+def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult) -> int:
+    totals = result.totals
+    resume = None
+    if totals.stopped or totals.failed:
+        words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
+        if getattr(args, "ledger", None):
+            words += ["--ledger", str(args.ledger)]
+        if getattr(args, "shard", None):
+            words += ["--shard", str(args.shard)]
+        resume = shlex.join(words)
+    print(report.render_run(result, out=config.out, ledger_path=config.ledger_path, resume=resume))
+    if totals.stopped:
+        return EXIT_STOPPED
+    return EXIT_FAILED if totals.failed else EXIT_OK
+
+
+def ledger_files(given: list[Path]) -> list[Path]:
+    """Ledger files, or folders standing for every ledger*.jsonl in them."""
+    paths: list[Path] = []
+    for item in given or [Path(".")]:
+        found = ledger.ledgers_in(item) if item.is_dir() else [item] if item.exists() else []
+        if not found:
+            raise InputError(f"{item}: no ledger there (looked for ledger*.jsonl)")
+        paths += found
+    return paths
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    summary = report.summarize(ledger_files(args.ledgers))
+    print(json.dumps(summary.as_dict()) if args.json else report.render(summary))
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from batchgen import demo  # imports the emulator: only the demo needs it
+
+    code: int = demo.run(args)
+    return code
