@@ -1,7 +1,13 @@
-"""Pacing shared by every worker: the rate limit, and a pool-wide cool-down after a 429.
+"""Pacing shared by every worker: the rate limit, and what a 429 does to it.
 
-A 429 is the pool's signal to slow down, so it pauses everyone, not just the
-worker that saw it. Consecutive 429s lengthen the pause; a success resets it.
+A 429 is the pool's signal to slow down, so it slows everyone, not just the worker
+that saw it. Two modes:
+
+- fixed (`--rpm` given): aiolimiter at that rate; a 429 pauses the whole pool
+  (Retry-After when the server gives one, else a cool-down that doubles while the
+  429s continue and resets on an answer);
+- adaptive (no `--rpm`): a client-side rate that finds the limit (`adaptive.py`,
+  CUBIC-style like the AWS SDKs' adaptive mode). A Retry-After still pauses the pool.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiolimiter import AsyncLimiter
 
 from batchgen import retry
+from batchgen.adaptive import CubicRate
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -31,6 +38,7 @@ class Pacer:
         # A burst of one: aiolimiter lets max_rate through at once, and a minute's
         # quota at start-up is exactly the burst a per-minute limit punishes.
         self._limiter = AsyncLimiter(1, 60.0 / rpm) if rpm else None
+        self.adaptive = None if rpm else CubicRate(clock=clock)
         self._sleep = sleep
         self._clock = clock
         self._cooldown = cooldown
@@ -43,11 +51,21 @@ class Pacer:
             await self._sleep(remaining)
         if self._limiter is not None:
             await self._limiter.acquire()
+        elif self.adaptive is not None:
+            while (delay := self.adaptive.delay()) > 0:
+                await self._sleep(delay)
+            self.adaptive.take()  # no await since delay() said 0: the slot is ours
 
-    def throttled(self, retry_after: float | None) -> float:
-        """Pause the whole pool; returns the pause chosen."""
+    def now(self) -> float:
+        return self._clock()
+
+    def throttled(self, retry_after: float | None, sent_at: float | None = None) -> float:
+        """Slow the whole pool down; returns the pause chosen (0: the rate was cut)."""
         self.throttles += 1
-        if retry_after is None:
+        if self.adaptive is not None:
+            self.adaptive.on_throttle(sent_at)
+            pause = retry_after or 0.0
+        elif retry_after is None:
             self._streak += 1
             pause = min(retry.BACKOFF_CAP_S, self._cooldown * 2.0 ** (self._streak - 1))
         else:
@@ -55,8 +73,11 @@ class Pacer:
         self._cool_until = max(self._cool_until, self._clock() + pause)
         return pause
 
-    def succeeded(self) -> None:
+    def answered(self) -> None:
+        """The service answered with anything but a 429."""
         self._streak = 0
+        if self.adaptive is not None:
+            self.adaptive.on_answer()
 
 
 class RetryBudget:

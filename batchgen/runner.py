@@ -149,13 +149,13 @@ class Runner:
             outcome = await self._attempt(job, params, body, attempt)
             if outcome is None:
                 return
-            error, billed = outcome
+            error, billed, sent_at = outcome
             verdict = retry.classify(error.status if isinstance(error, ApiStatusError) else None)
             if verdict is retry.Verdict.THROTTLED:
                 attempt -= 1  # a 429 is not the job's fault: it does not use up attempts
                 throttled += 1
                 retry_after = error.retry_after if isinstance(error, ApiStatusError) else None
-                self.pacer.throttled(retry_after)
+                self.pacer.throttled(retry_after, sent_at)
                 self.totals.throttled += 1
                 await self._retrying(job, error, billed, attempt, retry_after)
                 self.emit(events.JobThrottled(job.job_id, retry_after))
@@ -191,10 +191,10 @@ class Runner:
 
     async def _attempt(
         self, job: Job, params: dict[str, Any], body: bytes, attempt: int
-    ) -> tuple[ApiError, str] | None:
+    ) -> tuple[ApiError, str, float] | None:
         """One request, its price already reserved. None when the job is finished; else
-        the error and whether it was billed: 'no', 'maybe' (502/504, a timeout after
-        sending) or 'billed'."""
+        the error, whether it was billed ('no', 'maybe' for a 502/504 or a timeout
+        after sending, or 'billed') and when it was sent."""
         try:
             if attempt == 1:
                 self.budget.first_attempt()
@@ -204,17 +204,20 @@ class Runner:
             )  # fmt: skip
             self.emit(events.JobStarted(job.job_id, attempt))
             self.totals.requests += 1
+            sent_at = self.pacer.now()
             answer = await self.client.generate(self.model, body)
         except ApiError as error:
+            if not (isinstance(error, ApiStatusError) and error.status == 429):
+                self.pacer.answered()
             billed = _billed(error)
             if billed == "maybe":
                 self.totals.possibly_billed += self.price
             elif billed == "billed":
                 self.totals.spent += self.price
-            return error, billed
+            return error, billed, sent_at
         finally:
             self._reserved -= self.price
-        self.pacer.succeeded()
+        self.pacer.answered()
         self.totals.spent += self.price
         await self._succeed(job, params, answer, attempt)
         return None

@@ -104,11 +104,11 @@ async def test_a_429_pauses_the_whole_pool() -> None:
         now[0] += seconds
         await asyncio.sleep(0)
 
-    pacer = Pacer(None, sleep=sleep, clock=lambda: now[0], cooldown=2.0)
+    pacer = Pacer(600, sleep=sleep, clock=lambda: now[0], cooldown=2.0)
     assert pacer.throttled(None) == 2.0
     assert pacer.throttled(None) == 4.0  # consecutive 429s lengthen the pause
     await asyncio.gather(*(pacer.wait_turn() for _ in range(5)))  # every worker waits
     assert now[0] == pytest.approx(104.0) and len(pauses) >= 1
-    pacer.succeeded()
+    pacer.answered()
     assert pacer.throttled(None) == 2.0  # a success resets the streak
     assert pacer.throttled(7.0) == 7.0  # the server's Retry-After is honoured

@@ -68,9 +68,9 @@ async def test_a_429_storm_slows_the_pool_and_does_not_use_up_attempts(tmp_path:
     out = tmp_path / "out"
     sleep = FakeSleep()
     async with emulated(script=[429] * 8) as served:
-        result = await run(m, served, out, sleep=sleep, max_attempts=2)
+        result = await run(m, served, out, sleep=sleep, max_attempts=2, rpm=6000)
     assert result.totals.succeeded == 1 and result.totals.throttled == 8
-    # the pool-wide cool-down grows while the 429s continue
+    # with a fixed --rpm, the pool-wide cool-down grows while the 429s continue
     assert sleep.pauses[:4] == [2.0, 4.0, 8.0, 16.0]
 
 

@@ -1,0 +1,102 @@
+"""A client-side rate that finds the server's limit when nobody says what it is.
+
+Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its window):
+
+- slow start: begin at 8 requests/s and double every half second until the first
+  429, so a pool of 32 workers does not open with 30 refusals, yet reaches any
+  latency-bound speed within about two seconds;
+- on a 429: W = the rate the server accepted over the last round trip (at least a
+  second), and the rate drops to 0.7 W; one cut per round trip, since the answers
+  to requests sent before a cut say nothing new;
+- on every other answer: rate(t) = W (1 + 0.3 ((t - K) / K)^3), t the seconds
+  since the cut: a climb back to W that flattens out near it, then a probe above.
+  Unlike TCP and the SDKs, K is counted in requests (K = 40 / W s, within 1..10 s), so a
+  5/s limit and a 20/s one spend the same small share of requests above the limit;
+- never more than twice the rate answers arrive at, nor below 3 requests a minute.
+
+Requests are spaced evenly at 1/rate: a bucket of one token, no bursts for the
+server's token bucket to punish.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+
+
+class CubicRate:
+    BETA = 0.7
+    PROBE_REQUESTS = 40
+    K_MIN_S, K_MAX_S = 1.0, 10.0  # seconds: long climbs would starve slow, long-latency runs
+    MIN_RATE = 0.05  # requests/s
+    START_RATE = 8.0
+    SLOW_START_DOUBLING_S = 0.5
+    MAX_GROWTH = 2.0
+    HISTORY = 10_000  # timestamps kept for the rate estimates
+
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self.throttled = False  # no 429 seen yet: slow start
+        self.rate = self.START_RATE
+        self._started = clock()
+        self._w_max = 0.0
+        self._k = 1.0
+        self._last_cut = -math.inf
+        self._last_send = -math.inf
+        self._answers: deque[tuple[float, bool]] = deque()  # (when, accepted)
+
+    def delay(self) -> float:
+        """Seconds until the next request may go, at the rate as it is now (a waiter
+        asks again, so a rate that grows while it waits shortens its wait)."""
+        now = self._clock()
+        if not self.throttled:
+            doublings = (now - self._started) / self.SLOW_START_DOUBLING_S
+            self.rate = self.START_RATE * 2 ** min(doublings, 30)
+        return max(0.0, self._last_send + 1.0 / self.rate - now)
+
+    def take(self) -> None:
+        self._last_send = self._clock()
+
+    def _record(self, now: float, accepted: bool) -> None:
+        self._answers.append((now, accepted))
+        if len(self._answers) > self.HISTORY:
+            self._answers.popleft()
+
+    def _rate_over(self, now: float, window: float, *, accepted_only: bool) -> float:
+        count = 0
+        for when, accepted in reversed(self._answers):
+            if when < now - window:
+                break
+            count += accepted or not accepted_only
+        return count / window
+
+    def on_answer(self) -> None:
+        """Any answer but a 429: the limit let it through."""
+        now = self._clock()
+        self._record(now, True)
+        if self.throttled:
+            phase = (now - self._last_cut - self._k) / self._k
+            cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
+            arriving = self._rate_over(now, 1.0, accepted_only=False)
+            self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
+
+    def on_throttle(self, sent_at: float | None = None) -> None:
+        now = self._clock()
+        self._record(now, False)
+        if sent_at is not None and sent_at < self._last_cut:
+            return  # sent before the last cut: already answered for
+        window = max(1.0, now - sent_at) if sent_at is not None else 1.0
+        window = max(min(window, now - self._started), 0.1)  # not before we began
+        accepted = max(self._rate_over(now, window, accepted_only=True), self.MIN_RATE)
+        self._w_max = accepted
+        self._k = min(self.K_MAX_S, max(self.K_MIN_S, self.PROBE_REQUESTS / accepted))
+        self._last_cut = now
+        self.throttled = True
+        self._set(accepted * self.BETA)
+
+    def _set(self, rate: float) -> None:
+        self.rate = max(self.MIN_RATE, rate)
