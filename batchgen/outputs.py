@@ -7,7 +7,6 @@ import json
 import os
 import re
 import string
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -76,27 +75,46 @@ def final_path(rendered: str, ext: str) -> str:
 
 
 def confine(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing anything that would land outside `root`."""
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
+    """`root / relative`, refusing anything that would land outside `root`.
+
+    Pure path arithmetic (no stat calls: this runs once per image): `root` should
+    already be absolute and resolved."""
+    target = Path(os.path.normpath(root / relative))
+    if not target.is_relative_to(root) or target == root:
         raise ValueError(f"output path {relative!r} escapes the output folder")
     return target
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    write_renamed(path, data)
+    fsync_dir(path.parent)
+
+
+def write_renamed(path: Path, data: bytes, *, make_folder: bool = True) -> None:
+    """The file half of `write_atomic`: the folder's fsync is left to the caller, so
+    a batch of files in one folder shares it. The temp name is unique to this
+    process and file (one writer per output path), so no random names are tried."""
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

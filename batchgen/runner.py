@@ -78,6 +78,7 @@ class Runner:
         self.emit, self.sleep, self.rng = on_event, sleep, rng or random.Random()
         self.totals = RunTotals()
         self._reserved = 0.0  # price of requests in flight, for the cost cap
+        self._root = out.resolve()
         self._out_from_ledger = PurePosixPath(os.path.relpath(out, ledger.path.parent))
         self._stop = asyncio.Event()
 
@@ -198,7 +199,7 @@ class Runner:
         try:
             if attempt == 1:
                 self.budget.first_attempt()
-            await self.ledger.write(
+            self.ledger.append_now(
                 {"job_id": job.job_id, "status": "started", "attempt": attempt,
                  "price": self.price, "params": params}
             )  # fmt: skip
@@ -234,8 +235,7 @@ class Runner:
         self, job: Job, params: dict[str, Any], answer: Answer, attempt: int
     ) -> None:
         relative = outputs.final_path(job.output, api.EXTENSIONS[answer.format])
-        target = outputs.confine(self.out, relative)
-        await asyncio.to_thread(outputs.write_atomic, target, answer.body)
+        target = outputs.confine(self._root, relative)
         if "x-remaining-credits" in answer.headers:
             self.totals.remaining_credits = answer.headers["x-remaining-credits"]
         output = (self._out_from_ledger / relative).as_posix()
@@ -250,7 +250,7 @@ class Runner:
             "headers": dict(answer.headers),
             "params": params,
         }
-        await self.ledger.write(record)
+        await self.ledger.write(record, output=(target, answer.body))  # file first, then line
         self.totals.succeeded += 1
         self.emit(events.JobFinished(job.job_id, True, self.price, output=output))
 
@@ -259,7 +259,7 @@ class Runner:
     ) -> None:
         """Close the attempt in the ledger: what went wrong and whether it may have cost."""
         status, message = _describe_error(error)
-        await self.ledger.write(
+        self.ledger.append_now(
             {"job_id": job.job_id, "status": "retry", "attempt": attempt, "http_status": status,
              "error": message, "billed": billed, "cost": self._cost(billed), "delay": delay}
         )  # fmt: skip

@@ -1,0 +1,112 @@
+"""Shared pieces of the benchmarks: a standalone emulator, manifests, batchgen runs.
+
+The emulator always runs in its own process, so batchgen and the baseline it is
+compared with each get a core of their own and meet the same server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from batchgen import grid, ledger, manifest
+from batchgen.batch import BatchConfig, BatchResult, run_batch
+from batchgen.runner import RunOptions
+
+KEY = "bench-key"
+
+
+def machine() -> str:
+    return f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+
+
+@dataclass
+class Emulator:
+    url: str
+    process: subprocess.Popen[str]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=30) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+
+@contextmanager
+def emulator(*options: str) -> Iterator[Emulator]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", KEY, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()
+        url = process.stdout.readline().split()[0].split("=", 1)[1]
+        yield Emulator(url, process)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def tiny_images(folder: Path, count: int) -> None:
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (8, 8), (i * 20 % 256, 90, 160)).save(folder / "photos" / f"p{i}.png")
+
+
+def write_manifest(folder: Path, *, images: int, prompts: int, seeds: int) -> Path:
+    tiny_images(folder, images)
+    body = {
+        "output": "{image}/{prompt}-{seed}.{ext}",
+        "grid": {
+            "image_file": ["photos/"],
+            "prompt": [f"prompt {i}" for i in range(prompts)],
+            "seed": list(range(101, 101 + seeds)),
+        },
+    }
+    path = folder / "bench.yaml"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_batchgen(
+    manifest_path: Path, out: Path, url: str, *, concurrency: int, rpm: float | None = None
+) -> tuple[BatchResult, float, float]:
+    """(result, wall seconds, CPU seconds of this process) for one batchgen run."""
+    loaded = manifest.load(manifest_path)
+    state = ledger.load_state(ledger.ledgers_in(out))
+    config = BatchConfig(
+        manifest=loaded,
+        out=out,
+        ledger_path=out / ledger.DEFAULT_NAME,
+        api_base=url,
+        api_key=KEY,
+        options=RunOptions(concurrency=concurrency),
+        rpm=rpm,
+    )
+    began, cpu = time.perf_counter(), cpu_seconds()
+    result = await run_batch(config, grid.expand(loaded), state, handle_signals=False)
+    return result, time.perf_counter() - began, cpu_seconds() - cpu
+
+
+def verdict(ok: bool, text: str) -> int:
+    print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    return 0 if ok else 1
