@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,32 +51,42 @@ def encode(record: dict[str, Any]) -> bytes:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def read(path: Path) -> Iterator[dict[str, Any]]:
-    """Every whole line of a ledger. A last line without its newline is torn (a
-    crash mid-write) and skipped, as the writer cuts it; a bad line before the end
-    raises LedgerError naming it."""
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for every whole line, streamed. A last line without its
+    newline is torn (a crash mid-write) and skipped, as the writer cuts it."""
     try:
-        data = path.read_bytes()
+        handle = path.open("rb")
     except FileNotFoundError:
         return
     except OSError as err:
         raise LedgerError(f"{path}: cannot read ledger: {err.strerror}") from None
-    lines = data.split(b"\n")
-    last = len(lines) - 1  # after the final "\n" comes b"" (or a torn tail)
-    for number, line in enumerate(lines):
-        if number == last:
-            return  # no newline after it: torn by a crash mid-write, never counted
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "status" not in record:
-                raise ValueError("not a ledger record")
-        except ValueError:
-            raise LedgerError(
-                f"{path}:{number + 1}: corrupt ledger line; fix or remove it before resuming"
-            ) from None
-        yield record
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                return
+            if line.strip():
+                yield number, line
+
+
+def _corrupt(path: Path, number: int) -> LedgerError:
+    return LedgerError(f"{path}:{number}: corrupt ledger line; fix or remove it before resuming")
+
+
+def _parse(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise _corrupt(path, number) from None
+    if not isinstance(record, dict) or "status" not in record:
+        raise _corrupt(path, number)
+    return record
+
+
+def read(path: Path) -> Iterator[dict[str, Any]]:
+    """Every whole line of a ledger as a dict; a bad line before the end raises
+    LedgerError naming it."""
+    for number, line in _lines(path):
+        yield _parse(path, number, line)
 
 
 @dataclass(slots=True)
@@ -83,11 +94,26 @@ class JobRecord:
     """What the ledgers say about one job, as of its last line."""
 
     status: str
-    output: Path | None = None
+    output: str | None = None  # relative to `folder`
+    folder: Path | None = None
     sha256: str | None = None
     size: int | None = None
     retryable: bool = True
     error: str | None = None
+
+    @property
+    def output_path(self) -> Path | None:
+        if self.output is None or self.folder is None:
+            return None
+        return self.folder / self.output
+
+
+# The writer's own line shapes, matched without a full JSON parse: a resume scan of a
+# million lines would otherwise spend most of its time building dicts it throws away.
+_PREFIX = re.compile(rb'\{"v":1,"ts":"[^"\\]*","job_id":"([0-9a-f]+)","status":"([a-z_]+)",')
+_SUCCEEDED = re.compile(
+    rb'"output":"([^"\\]*)","cost":[-0-9.e]+,"bytes":(\d+),"sha256":"([0-9a-f]{64})"[,}]'
+)
 
 
 @dataclass
@@ -95,30 +121,53 @@ class LedgerState:
     records: dict[str, JobRecord] = field(default_factory=dict)
     lines: int = 0
 
+    def scan(self, path: Path) -> None:
+        """Fold one ledger into the state, fast for the lines the writer writes."""
+        folder = path.parent
+        for number, line in _lines(path):
+            match = _PREFIX.match(line)
+            if match is None or not line.rstrip().endswith(b"}"):
+                self.add(_parse(path, number, line), folder)
+                continue
+            status = match[2].decode()
+            if status in ("started", "interrupted"):
+                self._put(match[1].decode(), JobRecord(status))
+            elif status == "succeeded" and (found := _SUCCEEDED.search(line, match.end())):
+                job = match[1].decode()
+                record = JobRecord("succeeded", found[1].decode(), folder, found[3].decode(),
+                                   int(found[2]))  # fmt: skip
+                self._put(job, record)
+            elif status in JOB_STATUSES:
+                self.add(_parse(path, number, line), folder)
+            else:
+                _parse(path, number, line)  # still a whole, valid line?
+
+    def _put(self, job: str, record: JobRecord) -> None:
+        self.lines += 1
+        known = self.records.get(job)
+        if known is not None and known.status == "succeeded" and record.status != "succeeded":
+            return  # a success, once recorded, is never forgotten
+        self.records[job] = record
+
     def add(self, record: dict[str, Any], folder: Path) -> None:
         status = record.get("status")
         job = record.get("job_id")
         if status not in JOB_STATUSES or not isinstance(job, str):
             return
-        self.lines += 1
-        known = self.records.get(job)
-        if known is not None and known.status == "succeeded" and status != "succeeded":
-            return  # a success, once recorded, is never forgotten
         if status == "succeeded":
-            output = folder / record["output"]
-            self.records[job] = JobRecord(
-                "succeeded", output, record.get("sha256"), record.get("bytes")
-            )
+            entry = JobRecord("succeeded", str(record["output"]), folder, record.get("sha256"),
+                              record.get("bytes"))  # fmt: skip
         elif status == "failed":
             retryable = bool(record.get("retryable", True))
-            self.records[job] = JobRecord("failed", retryable=retryable, error=record.get("error"))
+            entry = JobRecord("failed", retryable=retryable, error=record.get("error"))
         else:  # started (maybe billed, never finished) or interrupted: run it again
-            self.records[job] = JobRecord(status)
+            entry = JobRecord(status)
+        self._put(job, entry)
 
     def is_done(self, job_id: str) -> bool:
         """Succeeded, and its output file is still there with the recorded bytes."""
         record = self.records.get(job_id)
-        if record is None or record.status != "succeeded" or record.output is None:
+        if record is None or record.status != "succeeded":
             return False
         return output_intact(record)
 
@@ -128,11 +177,13 @@ class LedgerState:
 
 
 def output_intact(record: JobRecord) -> bool:
-    assert record.output is not None
+    path = record.output_path
+    if path is None:
+        return False
     try:
-        if record.size is not None and record.output.stat().st_size != record.size:
+        if record.size is not None and path.stat().st_size != record.size:
             return False
-        data = record.output.read_bytes()
+        data = path.read_bytes()
     except OSError:
         return False
     return record.sha256 is None or hashlib.sha256(data).hexdigest() == record.sha256
@@ -141,9 +192,7 @@ def output_intact(record: JobRecord) -> bool:
 def load_state(paths: Iterable[Path]) -> LedgerState:
     state = LedgerState()
     for path in paths:
-        folder = path.parent
-        for record in read(path):
-            state.add(record, folder)
+        state.scan(path)
     return state
 
 

@@ -81,3 +81,39 @@ def test_resume_state_rules(tmp_path: Path) -> None:
     assert not state.is_done("crashed") and state.records["crashed"].status == "started"
     out.write_bytes(b"imagX")  # same size, other bytes: not the file we paid for
     assert not state.is_done("ok")
+
+
+record_strategy = st.fixed_dictionaries(
+    {
+        "job_id": st.sampled_from([f"{i:032x}" for i in range(6)]),
+        "status": st.sampled_from(["started", "succeeded", "failed", "interrupted", "retry"]),
+        "retryable": st.booleans(),
+        "output": st.sampled_from(["a/b.jpg", "c.png"]),
+        "cost": st.sampled_from([0.063, 0.0]),
+        "bytes": st.integers(0, 10**6),
+        "sha256": st.sampled_from(["a" * 64, "b" * 64]),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(record_strategy, max_size=30))
+def test_the_fast_scan_agrees_with_plain_json(
+    tmp_path_factory: pytest.TempPathFactory, records: list[dict[str, object]]
+) -> None:
+    folder = tmp_path_factory.mktemp("scan")
+    writer_shape = b"".join(
+        ledger.encode({"v": 1, "ts": "2026-01-01T00:00:00.000Z", "job_id": r["job_id"],
+                       "status": r["status"], **{k: v for k, v in r.items() if k not in ("job_id", "status")}})
+        for r in records
+    )  # fmt: skip
+    other_shape = b"".join(
+        json.dumps(dict(reversed(list({"v": 1, "ts": "t", **r}.items()))), indent=None).encode()
+        + b"\n"
+        for r in records
+    )
+    (folder / "fast.jsonl").write_bytes(writer_shape)
+    (folder / "slow.jsonl").write_bytes(other_shape)
+    fast = ledger.load_state([folder / "fast.jsonl"]).records
+    slow = ledger.load_state([folder / "slow.jsonl"]).records
+    assert fast == slow
