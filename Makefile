@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo-out
 	$(BIN)/batchgen demo --out demo-out
 
 test: lint typecheck pytest
