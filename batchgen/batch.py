@@ -16,6 +16,7 @@ from pathlib import Path
 from batchgen import events, retry
 from batchgen.client import Client, make_session
 from batchgen.grid import Job
+from batchgen.images import EncodedImages
 from batchgen.ledger import LedgerState, LedgerWriter
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
@@ -51,6 +52,7 @@ async def run_batch(
     handle_signals: bool = True,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
+    images: EncodedImages | None = None,
 ) -> BatchResult:
     """Run the jobs; the first SIGINT/SIGTERM stops dispatching and drains, a second
     one aborts the requests in flight. Either way the ledger is flushed."""
@@ -72,6 +74,7 @@ async def run_batch(
             pacer=Pacer(config.rpm, sleep=sleep, clock=clock),
             on_event=on_event,
             sleep=sleep,
+            images=images,
         )
         with _signals(runner, enabled=handle_signals):
             try:

@@ -34,9 +34,10 @@ class Prepared:
     state: ledger.LedgerState
     plan: Plan
 
-    def jobs(self) -> Iterator[Job]:
+    def jobs(self, *, check_paths: bool = False) -> Iterator[Job]:
+        """This shard's jobs; the output-path check already ran in `prepare`."""
         owned = self.shard
-        for job in grid.expand(self.manifest):
+        for job in grid.expand(self.manifest, check_paths=check_paths):
             if owned is None or owned.owns(job.job_id):
                 yield job
 
@@ -64,7 +65,7 @@ def prepare(args: argparse.Namespace, *, ledger_file: Path | None = None) -> Pre
         model=loaded.model,
         price=loaded.price,
         axes=grid.axis_sizes(loaded),
-        jobs=prepared.jobs(),  # drained once: a path collision is found before sending
+        jobs=prepared.jobs(check_paths=True),  # drained once: collisions found before sending
         state=state,
         retry_failed=getattr(args, "retry_failed", False),
         concurrency=getattr(args, "concurrency", None),

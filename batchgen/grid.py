@@ -130,30 +130,35 @@ def _block_jobs(manifest: Manifest, block: Block) -> Iterator[Job]:
             yield make_job(manifest, params)
 
 
-def expand(manifest: Manifest) -> Iterator[Job]:
-    """The distinct jobs, lazily. Identical jobs run once; two different jobs that
-    would write the same file raise InputError naming both (before anything is sent,
-    when the caller drains this once first, as `run` does).
+def expand(manifest: Manifest, *, check_paths: bool = True) -> Iterator[Job]:
+    """The distinct jobs, lazily. Identical jobs run once; with `check_paths`, two
+    different jobs that would write the same file raise InputError naming both
+    (before anything is sent, when the caller drains this once first, as `run` does).
 
-    Memory: one small int per job for each of the id set and the path map, about
-    200 bytes a job, never the jobs themselves.
+    Memory does not grow with the jobs streamed: every axis holds distinct values
+    (manifest.py drops repeats), so a block never repeats a job, and only the jobs of
+    the blocks after the first (explicit `jobs:` entries, few) are remembered, to drop
+    any the grid or an earlier entry already gave. The path check alone keeps one int
+    per job (about 70 bytes); `run` does it in its validating pass only.
     """
-    seen: set[int] = set()
-    paths: dict[int, int] = {}
+    later = {job.job_id for block in manifest.blocks[1:] for job in _block_jobs(manifest, block)}
+    given: set[str] = set()
+    paths: set[int] = set()
     for job in candidates(manifest):
-        key = int(job.job_id[:16], 16)
-        if key in seen:
-            continue
-        seen.add(key)
-        path_key = hash(job.output)
-        other = paths.setdefault(path_key, key)
-        if other != key:
-            raise _collision(manifest, job, other)
+        if job.job_id in later:
+            if job.job_id in given:
+                continue
+            given.add(job.job_id)
+        if check_paths:
+            key = hash(job.output)
+            if key in paths:
+                raise _collision(manifest, job)
+            paths.add(key)
         yield job
 
 
-def _collision(manifest: Manifest, job: Job, other_key: int) -> InputError:
-    first = next(j for j in candidates(manifest) if int(j.job_id[:16], 16) == other_key)
+def _collision(manifest: Manifest, job: Job) -> InputError:
+    first = next(j for j in expand(manifest, check_paths=False) if j.output == job.output)
     return InputError(
         Problem(
             manifest.display,

@@ -107,6 +107,7 @@ class EncodedImages:
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.held_bytes = 0
+        self.peak_bytes = 0
         self.encodes = 0
         self._cache: OrderedDict[str, bytes] = OrderedDict()
 
@@ -125,4 +126,5 @@ class EncodedImages:
         while self.held_bytes > self.max_bytes and len(self._cache) > 1:
             _, evicted = self._cache.popitem(last=False)
             self.held_bytes -= len(evicted)
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         return encoded

@@ -8,6 +8,7 @@ rule. What comes out is already valid: expansion (`grid.py`) never checks again.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,25 @@ MAX_SEED_COUNT: Final = 10_000
 _MODEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 Choice = Mapping[str, Any]  # the parameters one axis value sets
+
+
+def _identity(value: object) -> object:
+    if isinstance(value, images.LocalImage):
+        return {"sha256": value.sha256}  # an image is its bytes, wherever it lies
+    raise TypeError(f"cannot identify {value!r}")
+
+
+def distinct(choices: list[Choice]) -> tuple[Choice, ...]:
+    """The choices without repeats (first kept), so no block ever repeats a job and
+    expansion need not remember the jobs it has given."""
+    seen: set[str] = set()
+    kept = []
+    for choice in choices:
+        key = json.dumps(choice, sort_keys=True, default=_identity)
+        if key not in seen:
+            seen.add(key)
+            kept.append(choice)
+    return tuple(kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +192,7 @@ class _Reader:
                 if len(checked) == 1:
                     fixed[key] = checked[0]
                 else:
-                    axes.append(Axis(key, tuple({key: image} for image in checked)))
+                    axes.append(Axis(key, distinct([{key: image} for image in checked])))
             elif checked is not _BAD:
                 fixed[key] = checked
         return fixed, axes
@@ -228,7 +248,7 @@ class _Reader:
         for key, value in entry.items():
             checked = self.value(key, value, (*path, key))
             if key == "image_file" and isinstance(checked, list):
-                axes.append(Axis(key, tuple({key: image} for image in checked)))
+                axes.append(Axis(key, distinct([{key: image} for image in checked])))
             elif checked is not _BAD:
                 own[key] = checked
         return own, axes
@@ -261,7 +281,7 @@ class _Reader:
                 choices.extend({key: image} for image in checked)
             elif checked is not _BAD:
                 choices.append({key: checked})
-        return Axis(key, tuple(choices))
+        return Axis(key, distinct(choices))
 
     def seed_count(self, value: dict[str, Any], path: yamlfile.Path_) -> int | None:
         count = value.get("count")
@@ -326,7 +346,7 @@ class _Reader:
                 err.where if where is None else f"{where} ({err.where})", ROWS_KEY, str(err)
             )
             return None
-        return Axis(ROWS_KEY, tuple(choices))
+        return Axis(ROWS_KEY, distinct(choices))
 
     # -- single values --------------------------------------------------------
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from batchgen import grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
+from batchgen.images import EncodedImages
 from batchgen.runner import RunOptions
 
 KEY = "bench-key"
@@ -88,7 +89,13 @@ def cpu_seconds() -> float:
 
 
 async def run_batchgen(
-    manifest_path: Path, out: Path, url: str, *, concurrency: int, rpm: float | None = None
+    manifest_path: Path,
+    out: Path,
+    url: str,
+    *,
+    concurrency: int,
+    rpm: float | None = None,
+    images: EncodedImages | None = None,
 ) -> tuple[BatchResult, float, float]:
     """(result, wall seconds, CPU seconds of this process) for one batchgen run."""
     loaded = manifest.load(manifest_path)
@@ -103,7 +110,9 @@ async def run_batchgen(
         rpm=rpm,
     )
     began, cpu = time.perf_counter(), cpu_seconds()
-    result = await run_batch(config, grid.expand(loaded), state, handle_signals=False)
+    result = await run_batch(
+        config, grid.expand(loaded), state, handle_signals=False, images=images
+    )
     return result, time.perf_counter() - began, cpu_seconds() - cpu
 
 

@@ -37,14 +37,32 @@ def test_grid_from_folder_glob_file_and_url(folder: Path) -> None:
         """,
     )
     loaded = manifest.load(m)
-    assert loaded.size == 6 * 2 * 2
     names = [c["image_file"] for c in loaded.blocks[0].axes[0].choices]
+    # photos/a.jpg, listed twice, is one image: its jobs run once, not twice
     assert [getattr(n, "name", n) for n in names] == [
         "photos/a.jpg", "photos/b.PNG", "photos/c.webp", "shots/deep/x.jpg",
-        "photos/a.jpg", "https://example.com/a.jpg",
+        "https://example.com/a.jpg",
     ]  # fmt: skip
-    # photos/a.jpg listed twice is one job, not two
-    assert len(list(grid.expand(loaded))) == 5 * 2 * 2
+    assert loaded.size == len(list(grid.expand(loaded))) == 5 * 2 * 2
+
+
+def test_identical_jobs_anywhere_run_once(folder: Path) -> None:
+    make_image(folder / "copy" / "same.jpg", colour=0)  # the same bytes as photos/a.jpg
+    m = write(
+        folder / "m.yaml",
+        """
+        grid:
+          image_file: [photos/a.jpg, copy/same.jpg]
+          prompt: [x, x, y]
+          seed: [101]
+        jobs:
+          - {image_file: photos/a.jpg, prompt: x, seed: 101}
+          - {image_file: photos/a.jpg, prompt: z, seed: 101}
+          - {image_file: photos/a.jpg, prompt: z, seed: 101}
+        """,
+    )
+    jobs = list(grid.expand(manifest.load(m)))
+    assert sorted(j.params["prompt"] for j in jobs) == ["x", "y", "z"]
 
 
 @pytest.mark.parametrize(
