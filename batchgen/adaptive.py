@@ -5,9 +5,12 @@ Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its wind
 - slow start: begin at 8 requests/s and double every half second until the first
   429, so a pool of 32 workers does not open with 30 refusals, yet reaches any
   latency-bound speed within about two seconds;
-- on a 429: W = the rate the server accepted over the last round trip (at least a
-  second), and the rate drops to 0.7 W; one cut per round trip, since the answers
-  to requests sent before a cut say nothing new;
+- on a 429: W = the rate at which requests sent over the last round trip (at least
+  a second) were let through, counted by when they were sent (so a limit on
+  requests in flight, whose refusals come back at once and whose successes come
+  back 11 s later, is measured as well as a token bucket), and the rate drops to
+  0.7 W; one cut per round trip, since the answers to requests sent before a cut
+  say nothing new;
 - on every other answer: rate(t) = W (1 + 0.3 ((t - K) / K)^3), t the seconds
   since the cut: a climb back to W that flattens out near it, then a probe above.
   Unlike TCP and the SDKs, K is counted in requests (K = 40 / W s, within 1..10 s), so a
@@ -47,7 +50,9 @@ class CubicRate:
         self._k = 1.0
         self._last_cut = -math.inf
         self._last_send = -math.inf
-        self._answers: deque[tuple[float, bool]] = deque()  # (when, accepted)
+        self._answers: deque[float] = deque()  # when answers (any but 429) arrived
+        self._sends: deque[float] = deque()  # when requests were sent
+        self._refused: deque[float] = deque()  # when the requests answered 429 were sent
 
     def delay(self) -> float:
         """Seconds until the next request may go, at the rate as it is now (a waiter
@@ -60,38 +65,29 @@ class CubicRate:
 
     def take(self) -> None:
         self._last_send = self._clock()
-
-    def _record(self, now: float, accepted: bool) -> None:
-        self._answers.append((now, accepted))
-        if len(self._answers) > self.HISTORY:
-            self._answers.popleft()
-
-    def _rate_over(self, now: float, window: float, *, accepted_only: bool) -> float:
-        count = 0
-        for when, accepted in reversed(self._answers):
-            if when < now - window:
-                break
-            count += accepted or not accepted_only
-        return count / window
+        _push(self._sends, self._last_send, self.HISTORY)
 
     def on_answer(self) -> None:
         """Any answer but a 429: the limit let it through."""
         now = self._clock()
-        self._record(now, True)
+        _push(self._answers, now, self.HISTORY)
         if self.throttled:
             phase = (now - self._last_cut - self._k) / self._k
             cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
-            arriving = self._rate_over(now, 1.0, accepted_only=False)
+            arriving = _count_since(self._answers, now - 1.0)
             self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
 
     def on_throttle(self, sent_at: float | None = None) -> None:
         now = self._clock()
-        self._record(now, False)
-        if sent_at is not None and sent_at < self._last_cut:
+        sent = now if sent_at is None else sent_at
+        _push(self._refused, sent, self.HISTORY)
+        if sent < self._last_cut:
             return  # sent before the last cut: already answered for
-        window = max(1.0, now - sent_at) if sent_at is not None else 1.0
-        window = max(min(window, now - self._started), 0.1)  # not before we began
-        accepted = max(self._rate_over(now, window, accepted_only=True), self.MIN_RATE)
+        window = max(min(max(1.0, now - sent), now - self._started), 0.1)  # not before we began
+        since = now - window
+        refused = sum(1 for when in self._refused if when >= since)  # 429s come back unordered
+        let_through = _count_since(self._sends, since) - refused
+        accepted = max(let_through / window, self.MIN_RATE)
         self._w_max = accepted
         self._k = min(self.K_MAX_S, max(self.K_MIN_S, self.PROBE_REQUESTS / accepted))
         self._last_cut = now
@@ -100,3 +96,18 @@ class CubicRate:
 
     def _set(self, rate: float) -> None:
         self.rate = max(self.MIN_RATE, rate)
+
+
+def _push(stamps: deque[float], when: float, limit: int) -> None:
+    stamps.append(when)
+    if len(stamps) > limit:
+        stamps.popleft()
+
+
+def _count_since(stamps: deque[float], since: float) -> int:
+    count = 0
+    for when in reversed(stamps):
+        if when < since:
+            break
+        count += 1
+    return count

@@ -10,13 +10,13 @@ from batchgen.pacing import CubicRate
 
 
 def simulate(limit: float, *, seconds: float = 60.0, workers: int = 32, latency: float = 0.2,
-             burst: float = 2.0) -> tuple[float, float]:  # fmt: skip
+             burst: float = 2.0, in_flight_cap: int | None = None) -> tuple[float, float]:  # fmt: skip
     """Workers send through CubicRate to a token-bucket server; (achieved/limit, 429 share)."""
     now = [0.0]
     rate = CubicRate(clock=lambda: now[0])
     tokens, refilled = burst, 0.0
     events = [(0.0, n, "send") for n in range(workers)]
-    sent = ok = throttled = 0
+    sent = ok = throttled = in_flight = 0
     sent_at = [0.0] * workers
     while events:
         when, worker, kind = heapq.heappop(events)
@@ -29,15 +29,23 @@ def simulate(limit: float, *, seconds: float = 60.0, workers: int = 32, latency:
                 heapq.heappush(events, (when + delay, worker, "send"))
                 continue
             rate.take()
+            sent += 1
+            sent_at[worker] = when
+            if in_flight_cap is not None:  # refused at once when too many are in flight
+                if in_flight < in_flight_cap:
+                    in_flight += 1
+                    heapq.heappush(events, (when + latency, worker, "ok"))
+                else:
+                    heapq.heappush(events, (when, worker, "429"))
+                continue
             tokens = min(burst, tokens + (when - refilled) * limit)
             refilled = when
-            sent += 1
             accepted = tokens >= 1
             tokens -= 1 if accepted else 0
-            sent_at[worker] = when
             heapq.heappush(events, (when + latency, worker, "ok" if accepted else "429"))
         elif kind == "ok":
             ok += 1
+            in_flight -= 1
             rate.on_answer()
             heapq.heappush(events, (when, worker, "send"))
         else:
@@ -74,14 +82,22 @@ def test_slow_start_doubles_until_the_first_429() -> None:
 def test_a_429_cuts_the_rate_and_answers_grow_it_back() -> None:
     now = [0.0]
     rate = CubicRate(clock=lambda: now[0])
-    for step in range(40):  # 10 answers a second for 4 s
+    for step in range(40):  # 10 requests a second for 4 s, each answered at once
         now[0] = step * 0.1
+        rate.take()
         rate.on_answer()
-    rate.on_throttle()
+    rate.on_throttle(now[0])
     cut = rate.rate
     assert rate.throttled and cut == pytest.approx(0.7 * 10, rel=0.1)  # 10 a second got through
     start = now[0]
     for step in range(1, 30):  # answers keep arriving at 10 a second
         now[0] = start + step * 0.1
+        rate.take()
         rate.on_answer()
     assert rate.rate > cut
+
+
+def test_settles_at_an_in_flight_cap() -> None:
+    """Ideogram's ~10 images in flight: refusals come back at once, successes after 1 s."""
+    achieved, share_429 = simulate(10.0, workers=32, latency=1.0, in_flight_cap=10)
+    assert achieved >= 0.80 and share_429 < 0.10, (achieved, share_429)
