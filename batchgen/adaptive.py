@@ -2,9 +2,10 @@
 
 Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its window):
 
-- slow start: begin at 8 requests/s and double every half second until the first
-  429, so a pool of 32 workers does not open with 30 refusals, yet reaches any
-  latency-bound speed within about two seconds;
+- slow start: until the first 429, the rate is 8 requests/s doubled every half
+  second, or twice the rate answers come back, whichever is higher: a pool of 32
+  workers does not open with 30 refusals, yet a fast service is at full speed
+  within milliseconds and a slow one (latency-bound) within about two seconds;
 - on a 429: W = the rate at which requests sent over the last round trip (at least
   a second) were let through, counted by when they were sent (so a limit on
   requests in flight, whose refusals come back at once and whose successes come
@@ -38,6 +39,7 @@ class CubicRate:
     MIN_RATE = 0.05  # requests/s
     START_RATE = 8.0
     SLOW_START_DOUBLING_S = 0.5
+    RAMP_EVERY_S = 0.02  # how often slow start recomputes its rate
     MAX_GROWTH = 2.0
     HISTORY = 10_000  # timestamps kept for the rate estimates
 
@@ -46,6 +48,7 @@ class CubicRate:
         self.throttled = False  # no 429 seen yet: slow start
         self.rate = self.START_RATE
         self._started = clock()
+        self._next_ramp = self._started
         self._w_max = 0.0
         self._k = 1.0
         self._last_cut = -math.inf
@@ -58,9 +61,13 @@ class CubicRate:
         """Seconds until the next request may go, at the rate as it is now (a waiter
         asks again, so a rate that grows while it waits shortens its wait)."""
         now = self._clock()
-        if not self.throttled:
-            doublings = (now - self._started) / self.SLOW_START_DOUBLING_S
-            self.rate = self.START_RATE * 2 ** min(doublings, 30)
+        if not self.throttled and now >= self._next_ramp:
+            self._next_ramp = now + self.RAMP_EVERY_S
+            elapsed = now - self._started
+            by_time = self.START_RATE * 2 ** min(elapsed / self.SLOW_START_DOUBLING_S, 30)
+            window = min(max(elapsed, self.RAMP_EVERY_S), 1.0)
+            by_answers = self.MAX_GROWTH * _count_since(self._answers, now - window) / window
+            self.rate = max(by_time, by_answers)
         return max(0.0, self._last_send + 1.0 / self.rate - now)
 
     def take(self) -> None:
