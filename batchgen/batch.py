@@ -84,6 +84,7 @@ async def run_batch(
                 if task is None or task.uncancel() > 0:
                     raise
                 runner.totals.stopped = "aborted by a second signal; requests in flight were cut"
+                await runner.drain()  # what was answered is still written and counted
         totals = runner.totals
         end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": totals.stopped}
         await ledger.write(

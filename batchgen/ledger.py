@@ -239,6 +239,7 @@ class LedgerWriter:
         self._folders: set[Path] = set()  # output folders known to exist
         self._dirty = False  # lines written by append_now and not yet fsync'd
         self._waiters: list[asyncio.Future[None]] = []
+        self._last: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -268,14 +269,28 @@ class LedgerWriter:
     async def write(
         self, record: dict[str, Any], *, output: tuple[Path, bytes] | None = None
     ) -> None:
+        await asyncio.shield(self.submit(record, output=output))
+
+    def submit(
+        self, record: dict[str, Any], *, output: tuple[Path, bytes] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a line (and its output file) for the next group commit; the future
+        is done once both are on disk. Lets a worker go on to its next request while
+        its image is being made durable."""
         record = {"v": VERSION, "ts": timestamp(), **record}
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if output is not None:
             self._files.append(output)
         self._pending.append(encode(record))
         self._waiters.append(waiter)
+        self._last = waiter
         self._wake.set()
-        await asyncio.shield(waiter)
+        return waiter
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far is on disk (commits are in order)."""
+        if self._last is not None and not self._last.done():
+            await asyncio.shield(self._last)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -299,11 +314,12 @@ class LedgerWriter:
                 waiter.set_result(None)
 
     def _commit(self, data: bytes, files: list[tuple[Path, bytes]]) -> None:
-        for path, content in files:
-            outputs.write_renamed(path, content, make_folder=path.parent not in self._folders)
-            self._folders.add(path.parent)
-        for folder in {path.parent for path, _ in files}:
-            outputs.fsync_dir(folder)
+        folders = {path.parent for path, _ in files}
+        for folder in folders - self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        self._folders |= folders
+        if files:
+            outputs.write_batch(files)
         self._dirty = False  # the fsync below covers lines appended before this point
         _write_all(self._fd, data)
         os.fsync(self._fd)

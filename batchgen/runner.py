@@ -11,6 +11,7 @@ in-flight requests finish and are recorded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +79,7 @@ class Runner:
         self.emit, self.sleep, self.rng = on_event, sleep, rng or random.Random()
         self.totals = RunTotals()
         self._reserved = 0.0  # price of requests in flight, for the cost cap
+        self._uncommitted = 0  # images handed to the ledger, not yet on disk
         self._root = out.resolve()
         self._out_from_ledger = PurePosixPath(os.path.relpath(out, ledger.path.parent))
         self._stop = asyncio.Event()
@@ -101,6 +103,7 @@ class Runner:
             for n in range(self.options.concurrency):
                 group.create_task(self._worker(queue), name=f"worker-{n}")
             await self._produce(jobs, queue)
+        await self.drain()
         return self.totals
 
     async def _produce(self, jobs: Any, queue: asyncio.Queue[Job | None]) -> None:
@@ -250,9 +253,28 @@ class Runner:
             "headers": dict(answer.headers),
             "params": params,
         }
-        await self.ledger.write(record, output=(target, answer.body))  # file first, then line
+        # The file is put in place first, then the line, by the ledger's next group commit;
+        # this worker goes on to its next request meanwhile, unless too many wait.
+        committed = self.ledger.submit(record, output=(target, answer.body))
+        committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
+        self._uncommitted += 1
+        if self._uncommitted > 2 * self.options.concurrency:
+            await asyncio.shield(committed)
+
+    def _committed(self, job_id: str, output: str, done: asyncio.Future[None]) -> None:
+        self._uncommitted -= 1
+        error = done.exception()
+        if error is not None:
+            self.totals.failed += 1
+            self.totals.failures[f"cannot write the output: {error}"] += 1
+            self.request_stop(f"cannot write outputs or the ledger: {error}")
+            return
         self.totals.succeeded += 1
-        self.emit(events.JobFinished(job.job_id, True, self.price, output=output))
+        self.emit(events.JobFinished(job_id, True, self.price, output=output))
+
+    async def drain(self) -> None:
+        """Wait for every image handed to the ledger to be on disk and counted."""
+        await self.ledger.drain()
 
     async def _retrying(
         self, job: Job, error: ApiError, billed: str, attempt: int, delay: float | None

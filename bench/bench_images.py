@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from batchgen.images import EncodedImages
-from bench.common import emulator, machine, run_batchgen, verdict
+from bench.common import emulator, machine, run_batchgen, scratch, verdict
 
 
 def noise_jpeg(path: Path, size: int, seed: int, target_bytes: int | None = None) -> int:
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"bench_images: {machine()}")
     failures = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         failures += one_big_image(Path(tmp), args.jobs)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         failures += many_images(Path(tmp), args.images, bound_mb=4)
     return 1 if failures else 0
 

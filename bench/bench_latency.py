@@ -20,7 +20,7 @@ import requests
 
 from batchgen import grid, manifest
 from batchgen.images import EncodedImages, LocalImage
-from bench.common import KEY, emulator, machine, run_batchgen, verdict, write_manifest
+from bench.common import KEY, emulator, machine, run_batchgen, scratch, verdict, write_manifest
 
 
 def vendor_loop(manifest_path: Path, url: str, count: int) -> tuple[int, float]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_latency: {args.jobs} jobs, latency {args.latency}s, concurrency "
           f"{args.concurrency}, no rate limit; {machine()}")  # fmt: skip
     options = ("--latency", str(args.latency), "--latency-jitter", "0", "--image-scale", "0.01")
-    with tempfile.TemporaryDirectory() as tmp, emulator(*options) as emu:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp, emulator(*options) as emu:
         m = write_manifest(Path(tmp), images=4, prompts=10, seeds=args.jobs // 40)
         result, wall, _ = asyncio.run(
             run_batchgen(m, Path(tmp) / "out", emu.url, concurrency=args.concurrency)

@@ -17,7 +17,16 @@ import aiohttp
 
 from batchgen import api, grid, manifest
 from batchgen.images import EncodedImages, LocalImage
-from bench.common import KEY, cpu_seconds, emulator, machine, run_batchgen, verdict, write_manifest
+from bench.common import (
+    KEY,
+    cpu_seconds,
+    emulator,
+    machine,
+    run_batchgen,
+    scratch,
+    verdict,
+    write_manifest,
+)
 
 
 async def bare_loop(
@@ -59,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = max(1, args.jobs // (images * prompts))
     print(f"bench_overhead: {images * prompts * seeds} jobs, zero latency, concurrency "
           f"{args.concurrency}; {machine()}")  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp, emulator("--image-scale", "0.01") as emu:
+    with (
+        tempfile.TemporaryDirectory(dir=scratch()) as tmp,
+        emulator("--image-scale", "0.01") as emu,
+    ):
         m = write_manifest(Path(tmp), images=images, prompts=prompts, seeds=seeds)
         ok_bare, wall_bare, cpu_bare = asyncio.run(
             bare_loop(m, Path(tmp) / "bare", emu.url, args.concurrency)

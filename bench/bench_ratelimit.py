@@ -17,7 +17,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench.common import emulator, machine, run_batchgen, verdict, write_manifest
+from bench.common import emulator, machine, run_batchgen, scratch, verdict, write_manifest
 
 
 def measure(
@@ -30,7 +30,10 @@ def measure(
 ) -> tuple[float, float, int]:
     """(achieved/limit, share of requests answered 429, requests) for one run."""
     jobs = round(limit * seconds)
-    with tempfile.TemporaryDirectory() as tmp, emulator(*options, "--image-scale", "0.01") as emu:
+    with (
+        tempfile.TemporaryDirectory(dir=scratch()) as tmp,
+        emulator(*options, "--image-scale", "0.01") as emu,
+    ):
         m = write_manifest(Path(tmp), images=5, prompts=10, seeds=max(1, jobs // 50))
         result, wall, _ = asyncio.run(
             run_batchgen(m, Path(tmp) / "out", emu.url, concurrency=concurrency, rpm=rpm)

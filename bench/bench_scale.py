@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from batchgen import ledger
-from bench.common import KEY, emulator, machine, verdict, write_manifest
+from bench.common import KEY, emulator, machine, scratch, verdict, write_manifest
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"bench_scale: {machine()}")
     failures = 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         failures += million_plan(Path(tmp))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         failures += million_lines(Path(tmp))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         failures += flat_run(Path(tmp), args.run_jobs)
     return 1 if failures else 0
 

@@ -29,6 +29,14 @@ from batchgen.runner import RunOptions
 KEY = "bench-key"
 
 
+def scratch() -> Path:
+    """Where benchmarks write: a folder in the project, not /tmp, whose file creation
+    was measured at ~0.7 ms a file on this machine against ~0.06 ms here."""
+    folder = Path(__file__).resolve().parent.parent / ".bench-scratch"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def machine() -> str:
     return f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
