@@ -34,7 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(subparsers)
     _add_demo(subparsers)
     _add_emulator(subparsers)
+    _add_inspect(subparsers)
+    _add_gallery(subparsers)
     return parser
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    inspect = subparsers.add_parser("inspect", help="print the parameters an image was made with")
+    inspect.add_argument("image", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=commands.cmd_inspect)
+
+
+def _add_gallery(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gallery = subparsers.add_parser(
+        "gallery", help="write a self-contained HTML contact sheet from ledgers"
+    )
+    gallery.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
+    gallery.add_argument("-o", "--output", type=Path, help="default: gallery.html by the ledger")
+    gallery.set_defaults(handler=commands.cmd_gallery)
 
 
 def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -135,6 +135,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return finish(args, config, result)
 
 
+def refresh_gallery(out: Path) -> str:
+    """Rewrite the contact sheet after a run; a failure here never fails the run."""
+    from batchgen import gallery
+
+    try:
+        return str(gallery.write_gallery(ledger.ledgers_in(out)))
+    except (OSError, ValueError) as err:
+        return f"(not written: {err})"
+
+
 def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: str) -> BatchConfig:
     options = RunOptions(
         concurrency=args.concurrency,
@@ -181,6 +191,7 @@ def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult) -
             words += ["--shard", str(args.shard)]
         resume = shlex.join(words)
     print(report.render_run(result, out=config.out, ledger_path=config.ledger_path, resume=resume))
+    print(f"  gallery     {refresh_gallery(config.out)}")
     if totals.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED if totals.failed else EXIT_OK
@@ -208,3 +219,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     code: int = demo.run(args)
     return code
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from batchgen import metadata
+
+    return metadata.inspect_command(args.image, as_json=args.json)
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from batchgen import gallery
+
+    written = gallery.write_gallery(ledger_files(args.ledgers), args.output)
+    print(f"gallery     {written}")
+    return EXIT_OK

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batchgen import api, events, outputs, retry
+from batchgen import api, events, metadata, outputs, retry
 from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, TransportError
 from batchgen.grid import Job, describe
@@ -239,6 +239,7 @@ class Runner:
     ) -> None:
         relative = outputs.final_path(job.output, api.EXTENSIONS[answer.format])
         target = outputs.confine(self._root, relative)
+        body = metadata.embed(answer.body, answer.format, self._provenance(job, params, answer))
         if "x-remaining-credits" in answer.headers:
             self.totals.remaining_credits = answer.headers["x-remaining-credits"]
         output = (self._out_from_ledger / relative).as_posix()
@@ -247,19 +248,27 @@ class Runner:
             "status": "succeeded",
             "output": output,
             "cost": self.price,
-            "bytes": len(answer.body),
-            "sha256": _sha256(answer.body),
+            "bytes": len(body),
+            "sha256": _sha256(body),
             "attempts": attempt,
             "headers": dict(answer.headers),
             "params": params,
         }
         # The file is put in place first, then the line, by the ledger's next group commit;
         # this worker goes on to its next request meanwhile, unless too many wait.
-        committed = self.ledger.submit(record, output=(target, answer.body))
+        committed = self.ledger.submit(record, output=(target, body))
         committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
         self._uncommitted += 1
         if self._uncommitted > 2 * self.options.concurrency:
             await asyncio.shield(committed)
+
+    def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
+        """What the image file itself will remember (never the key)."""
+        image = params.get("image_file")
+        source = image.get("path") if isinstance(image, dict) else image
+        seed = params.get("seed", answer.headers.get("x-seed-value"))
+        return {**params, "seed": seed, "model": self.model, "job_id": job.job_id,
+                "source": source}  # fmt: skip
 
     def _committed(self, job_id: str, output: str, done: asyncio.Future[None]) -> None:
         self._uncommitted -= 1
