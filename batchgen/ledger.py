@@ -38,6 +38,7 @@ from batchgen import outputs
 from batchgen.errors import LedgerError
 
 VERSION: Final = 1
+GROUP_COMMIT_WINDOW_S: Final = 0.01  # how long a commit with images waits for more
 DEFAULT_NAME: Final = "ledger.jsonl"
 JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed", "interrupted"})
 
@@ -240,6 +241,7 @@ class LedgerWriter:
         self._dirty = False  # lines written by append_now and not yet fsync'd
         self._waiters: list[asyncio.Future[None]] = []
         self._last: asyncio.Future[None] | None = None
+        self._failed: LedgerError | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -279,6 +281,9 @@ class LedgerWriter:
         its image is being made durable."""
         record = {"v": VERSION, "ts": timestamp(), **record}
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._failed is not None:  # a failed disk stays failed: say so at once
+            waiter.set_exception(self._failed)
+            return waiter
         if output is not None:
             self._files.append(output)
         self._pending.append(encode(record))
@@ -302,27 +307,44 @@ class LedgerWriter:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
+            if self._files and not self._closing:
+                # Images are worth gathering: one sync for many costs about what one costs.
+                await asyncio.sleep(GROUP_COMMIT_WINDOW_S)
             lines, files, waiters = self._pending, self._files, self._waiters
             self._pending, self._files, self._waiters = [], [], []
             try:
-                await asyncio.to_thread(self._commit, b"".join(lines), files)
-            except OSError as err:
+                await self._commit(b"".join(lines), files)
+            except Exception as err:  # the one writer must not die and leave waiters hanging
+                self._failed = LedgerError(f"{self.path}: cannot write: {err}")
                 for waiter in waiters:
-                    waiter.set_exception(LedgerError(f"{self.path}: cannot write: {err}"))
+                    waiter.set_exception(self._failed)
                 continue
             for waiter in waiters:
                 waiter.set_result(None)
 
-    def _commit(self, data: bytes, files: list[tuple[Path, bytes]]) -> None:
-        folders = {path.parent for path, _ in files}
-        for folder in folders - self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        self._folders |= folders
+    async def _commit(self, data: bytes, files: list[tuple[Path, bytes]]) -> None:
+        """Files in place, then lines appended, then one fsync of the ledger.
+
+        Quick system calls (create, write, rename) run here on the event loop; only the
+        waits for the disk (a batch's syncfs or fsyncs, the ledger's fsync) go to a
+        thread, each as one call. A thread that made every small call itself would
+        wait for the GIL after each one while the loop is busy: measured at about
+        1.2 ms a file instead of 0.06."""
         if files:
-            outputs.write_batch(files)
+            folders = {path.parent for path, _ in files}
+            for folder in folders - self._folders:
+                folder.mkdir(parents=True, exist_ok=True)
+            self._folders |= folders
+            staged = [outputs.stage(path, content) for path, content in files]
+            try:
+                await asyncio.to_thread(outputs.make_durable, staged)
+            finally:
+                outputs.close_staged(staged)
+            outputs.publish(staged)
+            await asyncio.to_thread(outputs.make_durable_folders, folders)
         self._dirty = False  # the fsync below covers lines appended before this point
         _write_all(self._fd, data)
-        os.fsync(self._fd)
+        await asyncio.to_thread(os.fsync, self._fd)
         self.fsyncs += 1
 
 

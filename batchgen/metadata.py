@@ -19,8 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from PIL import Image
-
 FIELDS: Final = (
     "prompt", "negative_prompt", "seed", "style_type", "resolution", "image_weight",
     "magic_prompt_option", "color_palette", "model", "job_id", "source",
@@ -96,9 +94,14 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
 
 
 def _exif_comment(text: str) -> bytes:
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
-    return exif.tobytes()
+    """The APP1 payload of a minimal EXIF: IFD0 pointing to an Exif IFD that holds one
+    UserComment (UNICODE, big-endian). Packed by hand: Pillow's Exif.tobytes() costs
+    a fifth of a millisecond, per image, on a busy run."""
+    comment = b"UNICODE\0" + text.encode("utf-16-be")
+    ifd0 = struct.pack(">H", 1) + struct.pack(">HHII", _EXIF_IFD, 4, 1, 26) + b"\0\0\0\0"
+    exif_ifd = struct.pack(">H", 1) + struct.pack(">HHII", _USER_COMMENT, 7, len(comment), 44)
+    exif_ifd += b"\0\0\0\0"
+    return b"Exif\0\0" + b"MM\0\x2a" + struct.pack(">I", 8) + ifd0 + exif_ifd + comment
 
 
 def _embed_jpeg(data: bytes, text: str, payload: str) -> bytes:

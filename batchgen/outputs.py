@@ -9,6 +9,7 @@ import os
 import re
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -124,21 +125,70 @@ def write_temp(path: Path, data: bytes, *, sync: bool) -> Path:
     return tmp
 
 
-def write_batch(files: list[tuple[Path, bytes]]) -> None:
-    """Put many files in place atomically and durably, cheaper than one by one.
+@dataclass(slots=True)
+class Staged:
+    """A file written under its temp name, its descriptor still open until durable."""
 
-    Every temp file is written, then one syncfs(2) makes the whole batch durable
-    (one journal commit instead of one per file: about 3x faster here for small
-    images), then the renames, then one fsync per folder. Where syncfs is missing
-    (not Linux), each temp file is fsync'd instead."""
-    sync_each = _syncfs is None or len(files) < SYNCFS_MIN_FILES
-    temps = [write_temp(path, data, sync=sync_each) for path, data in files]
-    if not sync_each:
-        _sync_filesystem(files[0][0].parent)
-    for tmp, (path, _) in zip(temps, files, strict=True):
-        os.replace(tmp, path)
-    for folder in {path.parent for path, _ in files}:
+    path: Path
+    tmp: Path
+    fd: int
+
+
+def stage(path: Path, data: bytes) -> Staged:
+    """Write `data` beside `path` under a temp name, not yet durable."""
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return Staged(path, tmp, fd)
+
+
+def make_durable(staged: list[Staged]) -> None:
+    """Blocking: one syncfs(2) for a batch (one journal commit instead of one per
+    file: about 3x faster here for small images), or an fsync per file for a few
+    files or where syncfs is missing (not Linux)."""
+    if _syncfs is not None and len(staged) >= SYNCFS_MIN_FILES:
+        _sync_filesystem(staged[0].path.parent)
+        return
+    for item in staged:
+        os.fsync(item.fd)
+
+
+def close_staged(staged: list[Staged]) -> None:
+    for item in staged:
+        os.close(item.fd)
+
+
+def publish(staged: list[Staged]) -> None:
+    """Rename each durable temp file to its name: each appears whole or not at all."""
+    for item in staged:
+        os.replace(item.tmp, item.path)
+
+
+def make_durable_folders(folders: set[Path]) -> None:
+    """Blocking: make the renames durable (one syncfs, or an fsync per folder)."""
+    if _syncfs is not None and len(folders) >= SYNCFS_MIN_FILES:
+        _sync_filesystem(next(iter(folders)))
+        return
+    for folder in folders:
         fsync_dir(folder)
+
+
+def write_batch(files: list[tuple[Path, bytes]]) -> None:
+    """Put many files in place atomically and durably: stage, sync, rename, sync."""
+    staged = [stage(path, data) for path, data in files]
+    try:
+        make_durable(staged)
+    finally:
+        close_staged(staged)
+    publish(staged)
+    make_durable_folders({path.parent for path, _ in files})
 
 
 SYNCFS_MIN_FILES: Final = 4
