@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from batchgen import __version__, api, commands, retry
 from batchgen.commands import EXIT_OK, EXIT_USAGE
@@ -150,34 +151,32 @@ def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     emu.set_defaults(handler=emulator.run_from_args)  # its own exit codes
 
 
-def _non_negative_float(text: str) -> float:
+def _number(
+    text: str, kind: type[int] | type[float], ok: Callable[[float], bool], rule: str
+) -> Any:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+        noun = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text} must be {rule}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    result: float = _number(text, float, lambda v: v >= 0, "0 or more")
+    return result
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+    result: int = _number(text, int, lambda v: v >= 1, "at least 1")
+    return result
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
-    return value
+    result: float = _number(text, float, lambda v: v > 0, "greater than 0")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

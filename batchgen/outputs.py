@@ -98,31 +98,17 @@ def write_renamed(path: Path, data: bytes, *, make_folder: bool = True) -> None:
     a batch of files in one folder shares it."""
     if make_folder:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_temp(path, data, sync=True)
-    os.replace(tmp, path)
+    staged = stage(path, data)
+    try:
+        os.fsync(staged.fd)
+    finally:
+        os.close(staged.fd)
+    os.replace(staged.tmp, path)
 
 
 def temp_name(path: Path) -> Path:
     """Unique to this process and file (one writer per output path): no random names."""
     return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
-def write_temp(path: Path, data: bytes, *, sync: bool) -> Path:
-    """Write `data` beside `path` under a temp name; fsync it when `sync`."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp
 
 
 @dataclass(slots=True)
