@@ -132,16 +132,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepared = prepare(args, ledger_file=args.ledger)
     config = batch_config(args, prepared, api_base, key)
     result = execute(config, prepared, bar=not args.no_progress)
-    return finish(args, config, result)
+    return finish(args, config, result, prepared.plan.jobs)
 
 
-def refresh_gallery(out: Path) -> str:
+GALLERY_AUTO_MAX_JOBS = 5000  # above this, a contact sheet is made on request only
+
+
+def refresh_gallery(out: Path, jobs: int) -> str:
     """Rewrite the contact sheet after a run; a failure here never fails the run."""
     from batchgen import gallery
 
+    if jobs > GALLERY_AUTO_MAX_JOBS:
+        return f"not refreshed for {jobs:,} jobs: `batchgen gallery {out}` makes one"
     try:
         return str(gallery.write_gallery(ledger.ledgers_in(out)))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, InputError) as err:
         return f"(not written: {err})"
 
 
@@ -180,7 +185,7 @@ def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResul
         progress.close()
 
 
-def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult) -> int:
+def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, jobs: int) -> int:
     totals = result.totals
     resume = None
     if totals.stopped or totals.failed:
@@ -191,7 +196,7 @@ def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult) -
             words += ["--shard", str(args.shard)]
         resume = shlex.join(words)
     print(report.render_run(result, out=config.out, ledger_path=config.ledger_path, resume=resume))
-    print(f"  gallery     {refresh_gallery(config.out)}")
+    print(f"  gallery     {refresh_gallery(config.out, jobs)}")
     if totals.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED if totals.failed else EXIT_OK
@@ -230,6 +235,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from batchgen import gallery
 
-    written = gallery.write_gallery(ledger_files(args.ledgers), args.output)
+    paths = ledger_files(args.ledgers)
+    try:
+        written = gallery.write_gallery(paths, args.output)
+    except OSError as err:
+        where = err.filename or args.output or paths[0].parent
+        raise InputError(f"{where}: cannot write the gallery: {err.strerror}") from None
     print(f"gallery     {written}")
     return EXIT_OK

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             return result, batch, served.stats.as_json()
 
     result, batch, stats = asyncio.run(go())
-    code = commands.finish(args, batch, result)
+    code = commands.finish(args, batch, result, plan.jobs)
     print(f"  emulator    {stats['requests_total']} requests, billed {stats['billed_total']} "
           f"(${stats['spent']:.3f} pretend), credits left {stats['credits_left']}")  # fmt: skip
     print(f"  next        batchgen report {batch.out}   # the same summary, from the ledger alone")

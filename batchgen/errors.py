@@ -28,7 +28,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+        return f"{self.where}: {self.message}" if self.where else self.message
 
 
 class BatchgenError(Exception):
@@ -40,7 +40,7 @@ class InputError(BatchgenError):
 
     def __init__(self, problems: list[Problem] | Problem | str) -> None:
         if isinstance(problems, str):
-            problems = [Problem("batchgen", "", problems)]
+            problems = [Problem("", "", problems)]
         elif isinstance(problems, Problem):
             problems = [problems]
         self.problems = problems

@@ -1,176 +1,284 @@
 """A contact sheet people can look at: one self-contained HTML page from ledgers alone.
 
-Rows are source images, columns the combinations of whatever else varies (prompt,
-seed, style...), cells thumbnails linking to the full image (or the error). It opens
-from the file system: relative links, inline CSS and a little vanilla JS for the
-filters, thumbnails made once with Pillow into `thumbs/` and loaded lazily. Every
-text that came from a manifest is escaped: a prompt is user input.
+Rows are source images, columns the combinations of whatever else varies across the
+jobs (prompt, seed, style...), cells thumbnails linking to the full image, or the
+error, or "pending". It opens from the file system: relative links, inline CSS and a
+little vanilla JS whose filters (status, prompt, source image) live in the URL hash,
+so a filtered view can be shared. Thumbnails are made once with Pillow into `thumbs/`,
+named by the image's sha256 and size, and loaded lazily: a resumed run's gallery only
+makes the new ones. Every text that came from a manifest is escaped: a prompt is user
+input, and the page runs script (no JSON is embedded in it: the filters read data-*
+attributes). Several ledgers merge by `ledger.LedgerState`'s rule: the last word wins,
+except that a success is never forgotten.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from batchgen import ledger, outputs, report
 
 THUMB_PX: Final = 256
-_SKIP: Final = frozenset({"image_file"})
+THUMB_WORKERS: Final = 8  # Pillow decodes and resizes without the GIL: threads help
+_ROW_KEY: Final = "image_file"
 
 
 @dataclass
 class Cell:
-    status: str = "pending"
+    """One job as the ledgers last left it: a success, once recorded, is never forgotten."""
+
+    job_id: str
+    status: str = "pending"  # succeeded | failed | pending (started or interrupted)
     params: dict[str, Any] = field(default_factory=dict)
     output: Path | None = None
     sha256: str | None = None
     error: str | None = None
 
+    def fold(self, record: dict[str, Any], folder: Path) -> None:
+        """Apply one ledger line, by the rule `ledger.LedgerState` resumes by."""
+        status = record["status"]
+        if isinstance(record.get("params"), dict):
+            self.params = record["params"]
+        if status == "succeeded":  # a later success (a deleted file made again) wins
+            self.status, self.output = "succeeded", folder / str(record["output"])
+            self.sha256, self.error = record.get("sha256"), None
+        elif self.status == "succeeded":
+            return
+        elif status == "failed":
+            http = record.get("http_status")
+            self.status = "failed"
+            self.error = f"HTTP {http}: {record.get('error')}" if http else str(record.get("error"))
+        elif status in ("started", "interrupted"):
+            self.status = "pending"
 
-def collect(paths: Sequence[Path]) -> tuple[dict[str, Cell], list[Path]]:
-    """Every job's last word over all ledgers (a success is never forgotten), and the
-    folders manifests were read from (to find source images)."""
+
+def collect(paths: Iterable[Path]) -> tuple[dict[str, Cell], list[Path]]:
+    """Every job over all ledgers, merged, and where the manifests may be: a local source
+    image's path is relative to its manifest's folder, and a `run` line names the manifest
+    as it was given (relative to a working directory we cannot know: a few guesses, which
+    the image's digest then confirms). The run's model joins each job's parameters, so
+    jobs that differ only by model get columns of their own."""
     cells: dict[str, Cell] = {}
-    manifest_dirs: list[Path] = []
+    folders: list[Path] = []
     for path in paths:
+        model = None
         for record in ledger.read(path):
-            if record["status"] == "run" and record.get("manifest"):
-                manifest_dirs.append(Path(str(record["manifest"])).parent)
             job = record.get("job_id")
-            if not isinstance(job, str):
-                continue
-            cell = cells.setdefault(job, Cell())
-            cell.params = record.get("params") or cell.params
-            if record["status"] == "succeeded":
-                cell.status, cell.output = "succeeded", path.parent / record["output"]
-                cell.sha256 = record.get("sha256")
-            elif record["status"] == "failed" and cell.status != "succeeded":
-                cell.status, cell.error = "failed", str(record.get("error"))
-    return cells, manifest_dirs
+            if record["status"] == "run":
+                model, manifest = record.get("model"), Path(str(record.get("manifest")))
+                folders += [path.parent.parent / manifest.parent, manifest.parent]
+            elif isinstance(job, str) and record["status"] in ledger.JOB_STATUSES:
+                if model and isinstance(record.get("params"), dict):
+                    record = {**record, "params": {**record["params"], "model": model}}
+                cells.setdefault(job, Cell(job)).fold(record, path.parent)
+    return cells, folders
 
 
-def _source(params: dict[str, Any]) -> tuple[str, str | None]:
-    """(what the image is called, its digest when local)."""
-    image = params.get("image_file")
+def source_of(params: dict[str, Any]) -> tuple[str, str | None]:
+    """(the source image as the manifest named it, or its URL; its sha256 when local)."""
+    image = params.get(_ROW_KEY)
     if isinstance(image, dict):
         return str(image.get("path")), image.get("sha256")
     return str(image), None
 
 
-def _varying(cells: dict[str, Cell]) -> list[str]:
-    values: dict[str, set[str]] = {}
-    for cell in cells.values():
-        for key, value in cell.params.items():
-            if key not in _SKIP:
-                values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
-    keys = [key for key, seen in values.items() if len(seen) > 1]
-    return sorted(keys, key=lambda k: (k != "prompt", k != "seed", k))
-
-
-def _label(key: str, value: Any) -> str:
-    shown = value if isinstance(value, str | int) else json.dumps(value, sort_keys=True)
-    return str(shown) if key == "prompt" else f"{key} {shown}"
-
-
-def _thumb(source: Path, thumbs: Path, name: str) -> str | None:
-    """A JPEG thumbnail in thumbs/, made once; its name, or None if unreadable."""
-    target = thumbs / f"{name}.jpg"
-    if not target.exists():
-        try:
-            with Image.open(source) as image:
-                image.thumbnail((THUMB_PX, THUMB_PX))
-                thumbs.mkdir(parents=True, exist_ok=True)
-                image.convert("RGB").save(target, format="JPEG", quality=80)
-        except (OSError, UnidentifiedImageError):
-            return None
-    return target.name
-
-
-def _href(target: Path, base: Path) -> str:
-    return quote(Path(os.path.relpath(target, base)).as_posix())
-
-
-def write_gallery(paths: Sequence[Path], out_file: Path | None = None) -> Path:
-    """Write the contact sheet (default `gallery.html` beside the first ledger)."""
-    if not paths:
+def write_gallery(
+    ledgers: Sequence[Path], out_file: Path | None = None, *, thumb_size: int = THUMB_PX
+) -> Path:
+    """Write the contact sheet (default `gallery.html` beside the first ledger) and the
+    thumbnails it lacks; return its path. Raises LedgerError for a corrupt ledger."""
+    if not ledgers:
         raise ValueError("no ledger to make a gallery from")
-    out_file = out_file or paths[0].parent / "gallery.html"
-    base = out_file.parent
-    cells, manifest_dirs = collect(paths)
-    page = _Page(base, base / "thumbs", [*manifest_dirs, paths[0].parent, Path(".")])
-    html = page.render(cells, report.summarize(paths))
-    outputs.write_atomic(out_file, html.encode("utf-8"))
+    out_file = out_file or ledgers[0].parent / "gallery.html"
+    cells, manifest_dirs = collect(ledgers)
+    thumbs = Thumbs(out_file.parent / "thumbs", thumb_size)
+    search = [*manifest_dirs, *(p.parent for p in ledgers)]
+    thumbs.make(_wanted(cells.values(), thumbs, search))
+    page = _Page(thumbs, out_file.parent).render(cells, report.summarize(ledgers))
+    outputs.write_atomic(out_file, page.encode("utf-8"))
     return out_file
 
 
-@dataclass
-class _Page:
-    base: Path
-    thumbs: Path
-    search: list[Path]
+def href(target: Path, base: Path) -> str:
+    """A relative link from the gallery's folder: the sheet moves with its folder."""
+    return quote(Path(os.path.relpath(target, base)).as_posix())
 
-    def source_thumb(self, name: str, digest: str | None) -> str:
-        if digest is None:  # a URL: shown as a link
-            return f'<a href="{escape(name)}">{escape(name)}</a>'
-        for folder in self.search:
-            found = _thumb(folder / name, self.thumbs, f"src-{digest[:24]}")
-            if found:
-                src = _href(self.thumbs / found, self.base)
-                return f'<img src="{src}" alt="" loading="lazy"><span>{escape(name)}</span>'
-        return f"<span>{escape(name)}</span>"
 
-    def cell(self, job_id: str, cell: Cell) -> str:
-        prompt = escape(str(cell.params.get("prompt", "")))
-        attrs = f'class="cell {cell.status}" data-status="{cell.status}" data-prompt="{prompt}"'
-        title = escape(f"job {job_id}")
+@dataclass(frozen=True)
+class Thumbs:
+    folder: Path
+    size: int
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"{digest[:32]}-{self.size}.jpg"
+
+    def output_thumb(self, cell: Cell) -> Path:
+        return self.path(cell.sha256 or hashlib.sha256(cell.job_id.encode()).hexdigest())
+
+    def make(self, wanted: dict[Path, tuple[list[Path], str | None]]) -> None:
+        """Make each missing thumbnail, several at a time."""
+        missing = {target: found for target, found in wanted.items() if not target.exists()}
+        if missing:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with ThreadPoolExecutor(min(THUMB_WORKERS, os.cpu_count() or 1)) as pool:
+                made = [
+                    pool.submit(_thumbnail, target, candidates, digest, self.size)
+                    for target, (candidates, digest) in missing.items()
+                ]
+                for future in made:
+                    future.result()  # an unexpected error is raised, not lost in a thread
+
+
+def _wanted(
+    cells: Iterable[Cell], thumbs: Thumbs, search: list[Path]
+) -> dict[Path, tuple[list[Path], str | None]]:
+    """Thumbnail -> (where its image may be, the digest it must have)."""
+    wanted: dict[Path, tuple[list[Path], str | None]] = {}
+    for cell in cells:
         if cell.status == "succeeded" and cell.output is not None:
-            found = _thumb(cell.output, self.thumbs, (cell.sha256 or job_id)[:24])
-            link = _href(cell.output, self.base)
-            if found:
-                src = _href(self.thumbs / found, self.base)
-                body = f'<img src="{src}" alt="{prompt}" loading="lazy">'
-            else:
-                body = "missing file"
-            return f'<td {attrs}><a href="{link}" title="{title}">{body}</a></td>'
-        if cell.status == "failed":
-            error = escape(str(cell.error))
-            return f'<td {attrs} title="{title}"><div class="error">{error}</div></td>'
-        return f'<td {attrs} title="{title}"><div class="pending">pending</div></td>'
+            wanted[thumbs.output_thumb(cell)] = ([cell.output], cell.sha256)
+        name, digest = source_of(cell.params)
+        if digest is not None:  # an absolute `name` stays itself: folder / "/a" is "/a"
+            candidates = list(dict.fromkeys(folder / name for folder in search))
+            wanted.setdefault(thumbs.path(digest), (candidates, digest))
+    return wanted
+
+
+def _thumbnail(target: Path, candidates: list[Path], digest: str | None, size: int) -> None:
+    """A JPEG thumbnail of the first candidate that is the right image; none if none is."""
+    for source in candidates:
+        try:
+            data = source.read_bytes()
+            if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+                continue  # not the picture the ledger names (edited, or another folder's)
+            with Image.open(io.BytesIO(data)) as image:
+                image.thumbnail((size, size))
+                small = ImageOps.exif_transpose(image).convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # missing or unreadable: the cell says so instead
+        small.info.clear()  # no copy of the image's comments or profile: just pixels
+        temp = target.with_name(f".{target.name}.{os.getpid()}.part")  # one writer per name
+        try:
+            small.save(temp, format="JPEG", quality=82)
+            os.replace(temp, target)  # a cache: no fsync, but never a torn file by its name
+        finally:
+            temp.unlink(missing_ok=True)
+        return
+
+
+def label(key: str, value: Any) -> str:
+    """A column heading's part: the prompt as is, anything else as `key value`."""
+    shown = value if isinstance(value, str | int) else json.dumps(value, sort_keys=True)
+    return str(shown) if key == "prompt" else f"{key.replace('_', ' ')} {shown}"
+
+
+def attr(value: object) -> str:
+    """Text made safe for HTML, quotes included: fit for element text and attributes."""
+    return escape(str(value), quote=True)
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def columns(cells: Sequence[Cell]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """The parameters that vary across jobs (prompt first, then seed, then the rest by
+    name) and every combination of them that occurs, each value in the order it first
+    appeared: the manifest's order, mostly."""
+    keys = sorted({k for c in cells for k in c.params} - {_ROW_KEY})
+    order: dict[str, dict[str, int]] = {key: {} for key in keys}
+    for cell in cells:
+        for key in keys:
+            order[key].setdefault(_canon(cell.params.get(key)), len(order[key]))
+    keys = [key for key in keys if len(order[key]) > 1]
+    keys.sort(key=lambda k: (k != "prompt", k != "seed"))
+    found = {tuple(_canon(c.params.get(k)) for k in keys) for c in cells}
+    ranked = sorted(found, key=lambda col: [order[k][v] for k, v in zip(keys, col, strict=True)])
+    return keys, ranked
+
+
+@dataclass(frozen=True)
+class _Page:
+    thumbs: Thumbs
+    base: Path
 
     def render(self, cells: dict[str, Cell], summary: report.Summary) -> str:
-        keys = _varying(cells)
-        rows: dict[str, tuple[str | None, dict[tuple[str, ...], str]]] = {}
-        columns: dict[tuple[str, ...], str] = {}
-        for job_id, cell in cells.items():
-            name, digest = _source(cell.params)
-            column = tuple(json.dumps(cell.params.get(k), sort_keys=True) for k in keys)
-            label = " · ".join(_label(k, cell.params.get(k)) for k in keys) or "result"
-            columns.setdefault(column, label)
-            rows.setdefault(name, (digest, {}))[1][column] = self.cell(job_id, cell)
-        head = "".join(f"<th>{escape(label)}</th>" for label in columns.values())
-        body = "\n".join(
-            f'<tr data-image="{escape(name)}"><th class="source">'
-            f"{self.source_thumb(name, digest)}</th>"
-            + "".join(row.get(column, '<td class="empty"></td>') for column in columns)
-            + "</tr>"
-            for name, (digest, row) in rows.items()
+        jobs = list(cells.values())
+        keys, cols = columns(jobs)
+        index = {col: i for i, col in enumerate(cols)}
+        rows: dict[tuple[str, str | None], dict[int, Cell]] = {}
+        for cell in jobs:
+            col = tuple(_canon(cell.params.get(k)) for k in keys)
+            rows.setdefault(source_of(cell.params), {})[index[col]] = cell
+        heads = []
+        for i, col in enumerate(cols):
+            text = " · ".join(label(k, json.loads(v)) for k, v in zip(keys, col, strict=True))
+            heads.append(f'<th data-col="{i}" title="{attr(text)}"><div>{attr(text)}</div></th>')
+        body = [self.row(source, slots, len(cols)) for source, slots in rows.items()]
+        prompts = dict.fromkeys(str(c.params.get("prompt", "")) for c in jobs)
+        parts = {
+            "totals": attr(_totals(summary)),
+            "prompts": _options(prompts),
+            "images": _options(dict.fromkeys(name for name, _ in rows)),
+            "head": "".join(heads) if keys else '<th data-col="0">result</th>',
+            "body": "\n".join(body) or "<tr><td>no jobs in these ledgers yet</td></tr>",
+        }  # fmt: skip
+        return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m[1]], _TEMPLATE)  # one pass: no
+        # inserted text is ever read as a placeholder
+
+    def row(self, source: tuple[str, str | None], slots: dict[int, Cell], width: int) -> str:
+        tds = [
+            self.cell(slots[i], i) if i in slots else f'<td class="empty" data-col="{i}"></td>'
+            for i in range(width)
+        ]
+        return f'<tr data-image="{attr(source[0])}">{self.source(*source)}{"".join(tds)}</tr>'
+
+    def source(self, name: str, digest: str | None) -> str:
+        """The row heading: a thumbnail of the source when found, a link for a URL."""
+        if name.startswith(("http://", "https://")):
+            shown = f'<a href="{attr(name)}" rel="noreferrer">{attr(name)}</a>'
+        elif digest is not None and (thumb := self.thumbs.path(digest)).exists():
+            shown = f'<img src="{href(thumb, self.base)}" alt="" loading="lazy">{attr(name)}'
+        else:
+            shown = attr(name)
+        return f'<th class="source" title="{attr(name)}">{shown}</th>'
+
+    def cell(self, cell: Cell, col: int) -> str:
+        params = cell.params
+        lines = [f"{k}: {v if isinstance(v, str) else _canon(v)}" for k, v in params.items()]
+        title = "\n".join([*lines, f"job: {cell.job_id}"])  # the full story, on hover
+        head = (
+            f'<td class="cell {cell.status}" data-col="{col}" data-status="{cell.status}" '
+            f'data-prompt="{attr(params.get("prompt", ""))}" title="{attr(title)}">'
         )
-        prompts = sorted({str(c.params.get("prompt", "")) for c in cells.values()})
-        return _TEMPLATE.format(
-            totals=escape(_totals(summary)),
-            prompts="".join(f'<option value="{escape(p)}">{escape(p)}</option>' for p in prompts),
-            images="".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in rows),
-            head=head,
-            body=body,
+        if cell.status == "failed":
+            return f'{head}<div class="error">{attr(cell.error)}</div></td>'
+        if cell.status != "succeeded" or cell.output is None:
+            return f'{head}<div class="pending">pending</div></td>'
+        thumb = self.thumbs.output_thumb(cell)
+        shown = (
+            f'<img src="{href(thumb, self.base)}" alt="" loading="lazy">'
+            if thumb.exists()
+            else '<div class="pending">no preview (file missing or changed)</div>'
         )
+        return f'{head}<a href="{href(cell.output, self.base)}">{shown}</a></td>'
+
+
+def _options(values: Iterable[str]) -> str:
+    return "".join(f'<option value="{attr(v)}">{attr(v)}</option>' for v in values)
 
 
 def _totals(summary: report.Summary) -> str:
@@ -188,76 +296,90 @@ _TEMPLATE: Final = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>batchgen gallery</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #f6f6f4; color: #222; }}
-header {{ position: sticky; top: 0; background: #fff; padding: 10px 16px; z-index: 2;
-         border-bottom: 1px solid #ddd; display: flex; flex-wrap: wrap; gap: 12px;
-         align-items: center; }}
-h1 {{ font-size: 16px; margin: 0 12px 0 0; }}
-button {{ border: 1px solid #bbb; background: #fff; border-radius: 4px; padding: 3px 9px;
-          cursor: pointer; }}
-button.on {{ background: #333; color: #fff; border-color: #333; }}
-select {{ max-width: 260px; }}
-table {{ border-collapse: separate; border-spacing: 6px; margin: 8px; }}
-th {{ font-weight: 600; text-align: left; vertical-align: bottom; max-width: 220px;
-      font-size: 12px; }}
-th.source {{ vertical-align: middle; }}
-th.source img {{ display: block; width: 120px; border-radius: 4px; }}
-td {{ width: 200px; height: 200px; background: #fff; border-radius: 6px; text-align: center;
-      vertical-align: middle; box-shadow: 0 1px 2px rgba(0,0,0,.12); overflow: hidden; }}
-td img {{ max-width: 200px; max-height: 200px; display: block; margin: auto; }}
-td.failed {{ background: #fdecea; }}
-td.empty {{ background: transparent; box-shadow: none; }}
-.error {{ color: #a21; font-size: 12px; padding: 8px; word-break: break-word; }}
-.pending {{ color: #888; }}
-td.filtered > * {{ visibility: hidden; }}
-td.filtered {{ background: #eee; box-shadow: none; }}
-tr[hidden] {{ display: none; }}
+body { font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #f4f4f1; color: #222; }
+header { position: sticky; top: 0; z-index: 3; background: #fff; border-bottom: 1px solid #ddd;
+  padding: 10px 16px; display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; }
+h1 { font-size: 16px; margin: 0; } #totals { color: #555; } #shown { color: #777; }
+button { border: 1px solid #bbb; background: #fff; border-radius: 4px; padding: 3px 10px;
+  cursor: pointer; font: inherit; margin-left: 2px; } button.on { background: #333; color: #fff; }
+select { max-width: 280px; font: inherit; }
+table { border-collapse: separate; border-spacing: 6px; margin: 4px 8px; }
+thead th { font-size: 12px; font-weight: 600; text-align: left; vertical-align: bottom; }
+thead th div { max-width: 200px; max-height: 4.2em; overflow: hidden; }
+th.source { position: sticky; left: 0; z-index: 1; background: #f4f4f1; font-size: 12px;
+  min-width: 124px; max-width: 140px; overflow-wrap: anywhere; text-align: left; }
+th.source img { display: block; width: 120px; border-radius: 4px; margin-bottom: 2px; }
+td { width: 200px; height: 200px; padding: 0; text-align: center; vertical-align: middle;
+  background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.15); }
+td img { width: 200px; height: 200px; object-fit: contain; display: block; }
+td.failed { background: #fdecea; } td.empty, td.off { background: none; box-shadow: none; }
+td.off > * { visibility: hidden; } .gone { display: none; }
+.error { color: #a21; font-size: 12px; padding: 8px; overflow-wrap: anywhere; }
+.pending { color: #888; font-size: 12px; padding: 8px; }
 </style></head>
 <body>
 <header>
-<h1>batchgen gallery</h1><span id="totals">{totals}</span>
-<span>Status:
-<button data-status="all" class="on">all</button><button data-status="succeeded">succeeded</button>
-<button data-status="failed">failed</button><button data-status="pending">pending</button></span>
-<label>Prompt <select id="prompt"><option value="">all</option>{prompts}</select></label>
-<label>Image <select id="image"><option value="">all</option>{images}</select></label>
+<h1>batchgen gallery</h1><span id="totals">{{totals}}</span>
+<span>Status <button data-status="all">all</button><button data-status="succeeded">succeeded
+</button><button data-status="failed">failed</button><button data-status="pending">pending
+</button></span>
+<label>Prompt <select id="prompt"><option value="">all</option>{{prompts}}</select></label>
+<label>Image <select id="image"><option value="">all</option>{{images}}</select></label>
 <span id="shown"></span>
 </header>
-<table id="grid"><thead><tr><th>source</th>{head}</tr></thead>
-<tbody>
-{body}
+<table id="grid"><thead><tr><th class="source">source</th>{{head}}</tr></thead><tbody>
+{{body}}
 </tbody></table>
 <script>
-(function () {{
-  var state = {{status: "all", prompt: "", image: ""}};
-  var params = new URLSearchParams(location.hash.slice(1));
-  params.forEach(function (value, key) {{ if (key in state) state[key] = value; }});
-  var promptBox = document.getElementById("prompt"), imageBox = document.getElementById("image");
-  function apply() {{
-    var shown = 0;
-    document.querySelectorAll("#grid tbody tr").forEach(function (row) {{
-      row.hidden = state.image !== "" && row.dataset.image !== state.image;
-      row.querySelectorAll("td.cell").forEach(function (cell) {{
-        var ok = (state.status === "all" || cell.dataset.status === state.status) &&
-                 (state.prompt === "" || cell.dataset.prompt === state.prompt);
-        cell.classList.toggle("filtered", !ok);
-        if (ok && !row.hidden) shown += 1;
-      }});
-    }});
-    document.querySelectorAll("button[data-status]").forEach(function (b) {{
+(function () {
+  "use strict";
+  var state = {}, boxes = {prompt: document.getElementById("prompt"),
+                           image: document.getElementById("image")};
+  function read() {  // the filters live in the hash: a filtered view is a shareable link
+    var q = new URLSearchParams(location.hash.slice(1));
+    state = {status: q.get("status") || "all", prompt: q.get("prompt") || "",
+             image: q.get("image") || ""};
+  }
+  function write() {
+    var q = new URLSearchParams();
+    Object.keys(state).forEach(function (k) {
+      if (state[k] && state[k] !== "all") q.set(k, state[k]);
+    });
+    history.replaceState(null, "", "#" + q.toString());
+  }
+  function apply() {
+    var shown = 0, perCol = [];
+    document.querySelectorAll("#grid tbody tr").forEach(function (row) {
+      var inRow = 0, rowOk = !state.image || row.dataset.image === state.image;
+      row.querySelectorAll("td").forEach(function (td) {
+        var ok = rowOk && td.classList.contains("cell") &&
+          (state.status === "all" || td.dataset.status === state.status) &&
+          (!state.prompt || td.dataset.prompt === state.prompt);
+        td.classList.toggle("off", !ok);
+        if (ok) { inRow += 1; perCol[td.dataset.col] = true; }
+      });
+      row.classList.toggle("gone", inRow === 0);
+      shown += inRow;
+    });
+    document.querySelectorAll("[data-col]").forEach(function (el) {
+      el.classList.toggle("gone", !perCol[el.dataset.col]);
+    });
+    document.querySelectorAll("button[data-status]").forEach(function (b) {
       b.classList.toggle("on", b.dataset.status === state.status);
-    }});
-    promptBox.value = state.prompt; imageBox.value = state.image;
+    });
+    boxes.prompt.value = state.prompt; boxes.image.value = state.image;
     document.getElementById("shown").textContent = shown + " shown";
-    history.replaceState(null, "", "#" + new URLSearchParams(state).toString());
-  }}
-  document.querySelectorAll("button[data-status]").forEach(function (b) {{
-    b.addEventListener("click", function () {{ state.status = b.dataset.status; apply(); }});
-  }});
-  promptBox.addEventListener("change", function () {{ state.prompt = promptBox.value; apply(); }});
-  imageBox.addEventListener("change", function () {{ state.image = imageBox.value; apply(); }});
-  apply();
-}})();
+  }
+  function set(key, value) { state[key] = value; write(); apply(); }
+  document.querySelectorAll("button[data-status]").forEach(function (b) {
+    b.addEventListener("click", function () { set("status", b.dataset.status); });
+  });
+  Object.keys(boxes).forEach(function (k) {
+    boxes[k].addEventListener("change", function () { set(k, boxes[k].value); });
+  });
+  window.addEventListener("hashchange", function () { read(); apply(); });
+  read(); apply();
+})();
 </script>
 </body></html>
 """

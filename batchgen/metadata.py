@@ -1,12 +1,18 @@
 """Images that remember how they were made: parameters embedded without re-encoding.
 
-- PNG: an iTXt chunk `parameters` (the human-readable convention Automatic1111's
-  webui made common) and an iTXt chunk `batchgen` holding JSON, before IEND;
-- JPEG: a COM segment `batchgen:` + JSON, and an EXIF UserComment with the readable
-  text when the image has no EXIF of its own, right after SOI and any APP0;
-- WebP: left as it is (the API answers JPEG; a RIFF rewrite is not worth the risk).
+- PNG: an iTXt chunk `parameters` (the human-readable text Automatic1111's webui made
+  common, which other tools show) and an iTXt chunk `batchgen` holding JSON, before IEND;
+- JPEG: COM segments `batchgen:` + JSON (split over several when longer than one
+  segment holds), and an EXIF UserComment with the readable text when the image has no
+  EXIF of its own, right after SOI and any APP0 (JFIF wants APP0 first);
+- WebP: left as it is. A simple-format WebP would need rewriting into the extended
+  format (VP8X, with the canvas size read from the bitstream) to carry an XMP chunk;
+  the API answers JPEG, and a rewrite is not worth the risk to the image paid for.
 
-Only the bytes around the image data change; the pixels never do. Never the key.
+Only the bytes around the image data change; the pixels never do. `embed` never raises:
+it runs on every image of a paid batch, and a container it does not understand is
+returned untouched. Only FIELDS are kept (never a key), and a source URL loses its
+query, fragment and user info, where signed URLs keep their credentials.
 """
 
 from __future__ import annotations
@@ -15,16 +21,21 @@ import json
 import struct
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
 
 FIELDS: Final = (
     "prompt", "negative_prompt", "seed", "style_type", "resolution", "image_weight",
     "magic_prompt_option", "color_palette", "model", "job_id", "source",
 )  # fmt: skip
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+_PNG_KEYWORDS: Final = (b"parameters", b"batchgen")
+_SOI: Final = b"\xff\xd8"
+_COM, _APP0, _APP1, _SOS = 0xFE, 0xE0, 0xE1, 0xDA
 _COM_PREFIX: Final = b"batchgen:"
+_SEGMENT_MAX: Final = 65533  # a JPEG segment's length field counts itself: 65535 - 2
 _USER_COMMENT: Final = 0x9286
 _EXIF_IFD: Final = 0x8769
 
@@ -46,51 +57,107 @@ def parameters_text(meta: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def embed(data: bytes, fmt: str, meta: Mapping[str, Any]) -> bytes:
-    """`data` with `meta` (only FIELDS are kept) embedded; unchanged for other formats."""
-    kept = {key: meta[key] for key in FIELDS if meta.get(key) is not None}
-    payload = json.dumps(kept, sort_keys=True, ensure_ascii=False)
-    if fmt == "png":
-        return _embed_png(data, parameters_text(kept), payload)
-    if fmt == "jpeg":
-        return _embed_jpeg(data, parameters_text(kept), payload)
+def kept(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What an image may carry: FIELDS only, a source URL without its secrets."""
+    meta = {key: params[key] for key in FIELDS if params.get(key) is not None}
+    source = meta.get("source")
+    if isinstance(source, str) and source.startswith(("http://", "https://")):
+        parts = urlsplit(source)
+        meta["source"] = urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    return meta
+
+
+def embed(data: bytes, fmt: str, params: Mapping[str, Any]) -> bytes:
+    """`data` with the parameters embedded (any earlier batchgen ones replaced); the
+    same bytes for WebP or a container that is not what `fmt` says."""
+    meta = kept(params)
+    payload = json.dumps(meta, sort_keys=True, ensure_ascii=False)
+    try:
+        if fmt == "png" and data.startswith(_PNG_SIGNATURE):
+            return _embed_png(data, parameters_text(meta), payload)
+        if fmt == "jpeg" and data.startswith(_SOI):
+            return _embed_jpeg(data, parameters_text(meta), payload)
+    except (ValueError, struct.error):  # truncated or malformed: keep the image as it came
+        pass
     return data
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start, end) of every chunk; raises ValueError if one runs past the end."""
+    pos = len(_PNG_SIGNATURE)
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            raise ValueError("truncated PNG chunk")
+        yield kind, pos, end
+        if kind == b"IEND":
+            return
+        pos = end
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _itxt(keyword: str, text: str) -> bytes:
-    return _png_chunk(b"iTXt", keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
+def _itxt(keyword: bytes, text: str) -> bytes:
+    # keyword NUL, compression flag 0, method 0, empty language NUL, empty translated NUL
+    return _png_chunk(b"iTXt", keyword + b"\0\0\0\0\0" + text.encode("utf-8"))
+
+
+def _png_text(data: bytes, kind: bytes, start: int, end: int) -> tuple[bytes, bytes] | None:
+    """(keyword, UTF-8 text) of a tEXt or iTXt chunk, inflated if compressed."""
+    body = data[start + 8 : end - 4]
+    keyword, _, rest = body.partition(b"\0")
+    if kind == b"tEXt":
+        return keyword, rest.decode("latin-1").encode("utf-8")
+    if kind != b"iTXt" or len(rest) < 2:
+        return None
+    compressed, text = rest[0], rest[2:].split(b"\0", 2)[-1]
+    try:
+        return keyword, zlib.decompress(text) if compressed else text
+    except zlib.error:
+        return None
 
 
 def _embed_png(data: bytes, text: str, payload: str) -> bytes:
-    if not data.startswith(_PNG_SIGNATURE):
-        raise ValueError("not a PNG")
-    end = data.rfind(b"IEND") - 4  # the IEND chunk starts with its 4-byte length
-    if end < len(_PNG_SIGNATURE):
-        raise ValueError("PNG without IEND")
-    return data[:end] + _itxt("parameters", text) + _itxt("batchgen", payload) + data[end:]
+    """Our chunks just before IEND; earlier ones of ours dropped. Slices are views: the
+    image data is copied once, into the result (this runs on every image of a batch)."""
+    view, pos = memoryview(data), 0
+    pieces: list[memoryview] = []
+    for kind, start, end in _png_chunks(data):
+        if kind == b"IEND":
+            ours = _itxt(b"parameters", text) + _itxt(b"batchgen", payload)
+            return b"".join([*pieces, view[pos:start], ours, view[start:]])
+        if kind in (b"tEXt", b"iTXt"):
+            found = _png_text(data, kind, start, end)
+            if found is not None and found[0] in _PNG_KEYWORDS:
+                pieces.append(view[pos:start])
+                pos = end
+    raise ValueError("PNG without IEND")
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment after SOI, up to the start of scan; raises
+    ValueError if the walk never gets there (not a JPEG we can safely add to)."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        if data[pos + 1] == 0xFF:  # a fill byte may precede a marker
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == _SOS:
+            return
+        end = pos + 2 + struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if end > len(data):
+            raise ValueError("truncated JPEG segment")
+        yield marker, pos, end
+        pos = end
+    raise ValueError("JPEG without a start of scan")
 
 
 def _jpeg_segment(marker: int, body: bytes) -> bytes:
-    if len(body) > 65533:
-        raise ValueError("metadata too long for one JPEG segment")
     return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
-
-
-def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
-    """(marker, start, end) of each segment from after SOI up to SOS."""
-    found, pos = [], 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xDA:  # start of scan: the image data follows
-            break
-        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        found.append((marker, pos, pos + 2 + length))
-        pos += 2 + length
-    return found
 
 
 def _exif_comment(text: str) -> bytes:
@@ -105,40 +172,42 @@ def _exif_comment(text: str) -> bytes:
 
 
 def _embed_jpeg(data: bytes, text: str, payload: str) -> bytes:
-    if not data.startswith(b"\xff\xd8"):
-        raise ValueError("not a JPEG")
-    segments = _jpeg_segments(data)
-    insert_at = 2
-    for marker, _, end in segments:
-        if marker != 0xE0:  # after JFIF's APP0, which must come first
-            break
-        insert_at = end
-    has_exif = any(m == 0xE1 and data[s + 4 : s + 10] == b"Exif\0\0" for m, s, _ in segments)
-    extra = b"" if has_exif else _jpeg_segment(0xE1, _exif_comment(text))
-    extra += _jpeg_segment(0xFE, _COM_PREFIX + payload.encode("utf-8"))
-    return data[:insert_at] + extra + data[insert_at:]
+    head: list[bytes] = [data[:2]]  # SOI and the APP0 segments right after it
+    rest: list[bytes] = []  # every other segment before the scan
+    scan, has_exif = 2, False
+    for marker, start, end in _jpeg_segments(data):
+        scan = end
+        has_exif |= marker == _APP1 and data[start + 4 : start + 10] == b"Exif\0\0"
+        if marker == _COM and data[start + 4 : end].startswith(_COM_PREFIX):
+            continue  # an earlier embed: replaced
+        (head if marker == _APP0 and not rest else rest).append(data[start:end])
+    ours = b""
+    exif = _exif_comment(text)
+    if not has_exif and len(exif) <= _SEGMENT_MAX:
+        ours += _jpeg_segment(_APP1, exif)
+    raw, step = payload.encode("utf-8"), _SEGMENT_MAX - len(_COM_PREFIX)
+    for offset in range(0, len(raw), step):  # readers join the pieces in order
+        ours += _jpeg_segment(_COM, _COM_PREFIX + raw[offset : offset + step])
+    return b"".join([*head, ours, *rest, memoryview(data)[scan:]])
 
 
 def read(data: bytes) -> dict[str, Any] | None:
-    """The parameters batchgen embedded, or None."""
-    if data.startswith(_PNG_SIGNATURE):
-        return _read_png(data)
-    if data.startswith(b"\xff\xd8"):
-        for marker, start, end in _jpeg_segments(data):
-            body = data[start + 4 : end]
-            if marker == 0xFE and body.startswith(_COM_PREFIX):
-                return _loads(body[len(_COM_PREFIX) :])
-    return None
-
-
-def _read_png(data: bytes) -> dict[str, Any] | None:
-    pos = len(_PNG_SIGNATURE)
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if kind == b"iTXt" and body.startswith(b"batchgen\0"):
-            return _loads(body.split(b"\0", 5)[5])
-        pos += 12 + length
+    """The parameters batchgen embedded, or None (none there, or not readable)."""
+    try:
+        if data.startswith(_PNG_SIGNATURE):
+            for kind, start, end in _png_chunks(data):
+                found = _png_text(data, kind, start, end) if kind in (b"tEXt", b"iTXt") else None
+                if found is not None and found[0] == b"batchgen":
+                    return _loads(found[1])
+        elif data.startswith(_SOI):
+            pieces = [
+                data[start + 4 + len(_COM_PREFIX) : end]
+                for marker, start, end in _jpeg_segments(data)
+                if marker == _COM and data[start + 4 : end].startswith(_COM_PREFIX)
+            ]
+            return _loads(b"".join(pieces)) if pieces else None
+    except (ValueError, struct.error):
+        return None
     return None
 
 
@@ -150,7 +219,7 @@ def _loads(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def inspect_command(path: Path, *, as_json: bool) -> int:
+def inspect_command(path: Path, as_json: bool = False) -> int:
     """`batchgen inspect IMAGE`: print what `run` embedded. 0, or 2 with a message."""
     try:
         data = path.read_bytes()
@@ -163,10 +232,10 @@ def inspect_command(path: Path, *, as_json: bool) -> int:
         return 2
     if as_json:
         print(json.dumps(meta, ensure_ascii=False, sort_keys=True))
-    else:
-        width = max(len(key) for key in meta)
-        for key in FIELDS:
-            if key in meta:
-                value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
-                print(f"{key:<{width}}  {value}")
+        return 0
+    width = max(len(key) for key in meta)
+    for key in sorted(meta, key=lambda k: FIELDS.index(k) if k in FIELDS else len(FIELDS)):
+        value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
+        indent = "\n" + " " * (width + 2)  # a prompt's own lines stay readable
+        print(f"{key:<{width}}  {indent.join(value.splitlines() or [''])}")
     return 0

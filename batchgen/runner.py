@@ -29,6 +29,9 @@ from batchgen.images import EncodedImages, LocalImage
 from batchgen.ledger import LedgerState, LedgerWriter
 from batchgen.pacing import Pacer, RetryBudget, Sleep
 
+UNCOMMITTED_PER_WORKER = 16  # images a worker may leave to the ledger's next commits ...
+UNCOMMITTED_MAX_BYTES = 64 * 1024 * 1024  # ... within this much memory
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -80,6 +83,7 @@ class Runner:
         self.totals = RunTotals()
         self._reserved = 0.0  # price of requests in flight, for the cost cap
         self._uncommitted = 0  # images handed to the ledger, not yet on disk
+        self._uncommitted_bytes = 0
         self._root = out.resolve()
         self._out_from_ledger = PurePosixPath(os.path.relpath(out, ledger.path.parent))
         self._stop = asyncio.Event()
@@ -257,10 +261,16 @@ class Runner:
         # The file is put in place first, then the line, by the ledger's next group commit;
         # this worker goes on to its next request meanwhile, unless too many wait.
         committed = self.ledger.submit(record, output=(target, body))
-        committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
+        committed.add_done_callback(
+            functools.partial(self._committed, job.job_id, output, len(body))
+        )
         self._uncommitted += 1
-        if self._uncommitted > 2 * self.options.concurrency:
-            await asyncio.shield(committed)
+        self._uncommitted_bytes += len(body)
+        if (
+            self._uncommitted > UNCOMMITTED_PER_WORKER * self.options.concurrency
+            or self._uncommitted_bytes > UNCOMMITTED_MAX_BYTES
+        ):
+            await asyncio.shield(committed)  # backpressure: memory stays bounded
 
     def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
         """What the image file itself will remember (never the key)."""
@@ -270,8 +280,9 @@ class Runner:
         return {**params, "seed": seed, "model": self.model, "job_id": job.job_id,
                 "source": source}  # fmt: skip
 
-    def _committed(self, job_id: str, output: str, done: asyncio.Future[None]) -> None:
+    def _committed(self, job_id: str, output: str, size: int, done: asyncio.Future[None]) -> None:
         self._uncommitted -= 1
+        self._uncommitted_bytes -= size
         error = done.exception()
         if error is not None:
             self.totals.failed += 1

@@ -63,7 +63,7 @@ def million_lines(folder: Path) -> int:
             )
             handle.write(ledger.encode({**base, "status": "succeeded", "output": f"x/{i}.jpg", "cost": 0.063,
                                         "bytes": 1000, "sha256": "ab" * 32, "attempts": 1, "params": params}))  # fmt: skip
-    code = f"from batchgen import ledger; s = ledger.load_state([{str(path)!r}]); print(len(s.records))"
+    code = f"from pathlib import Path; from batchgen import ledger; s = ledger.load_state([Path({str(path)!r})]); print(len(s.records))"
     wall, rss, out = timed([sys.executable, "-c", code])
     return verdict(int(out) == 500_000 and wall < 10,
                    f"resume scan of 1,000,000 ledger lines ({path.stat().st_size / 1e6:.0f} MB): "
@@ -93,9 +93,11 @@ def flat_run(folder: Path, jobs: int) -> int:
             time.sleep(1.0)
             size = ledger_file.stat().st_size if ledger_file.exists() else 0
             try:
-                samples.append((size, rss_mb(process.pid)))
+                rss = rss_mb(process.pid)
             except FileNotFoundError:
                 break
+            if rss > 0:  # 0 once the process has exited and is only a zombie
+                samples.append((size, rss))
         billed = emu.stats()["billed_total"]
     if len(samples) < 4:
         return verdict(False, f"run too short to sample ({len(samples)} samples)")

@@ -1,4 +1,8 @@
-"""Drive headless Chromium over the DevTools protocol (loopback websocket), for real clicks."""
+"""Drive headless Chromium over the DevTools protocol, on a loopback websocket.
+
+No new dependency: aiohttp (already ours) speaks the websocket. Clicks are real input
+events at the element's position, so what is tested is what a person's click does.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -21,8 +26,10 @@ import aiohttp
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--remote-debugging-port=0", "--window-size=1400,1000",
+    "--remote-debugging-port=0", "--window-size=1280,900",
 )  # fmt: skip
+START_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0
 
 
 def find_chromium() -> str | None:
@@ -30,6 +37,8 @@ def find_chromium() -> str | None:
 
 
 class Browser:
+    """One Chromium with a fresh profile; `open(url)` gives a tab's session id."""
+
     def __init__(self, executable: str) -> None:
         self.executable = executable
         self._ids = itertools.count(1)
@@ -40,16 +49,28 @@ class Browser:
             self.executable, *FLAGS, f"--user-data-dir={self._profile.name}", "about:blank",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-        port_file = Path(self._profile.name) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not port_file.exists() or len(port_file.read_text().split()) < 2:
-            if time.monotonic() > deadline or self.process.returncode is not None:
-                raise RuntimeError("chromium did not start its DevTools endpoint")
-            await asyncio.sleep(0.05)
-        port, path = port_file.read_text().split()[:2]
-        self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)
+        try:
+            port, path = await self._endpoint()
+            self._session = aiohttp.ClientSession()
+            self._ws = await self._session.ws_connect(
+                f"ws://127.0.0.1:{port}{path}", max_msg_size=0
+            )
+        except BaseException:
+            await self._stop()
+            raise
         return self
+
+    async def _endpoint(self) -> tuple[str, str]:
+        """Chromium writes the port it chose (and the browser's path) to its profile."""
+        port_file = Path(self._profile.name) / "DevToolsActivePort"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.returncode is None:
+            with contextlib.suppress(FileNotFoundError):
+                words = port_file.read_text().split()
+                if len(words) >= 2:
+                    return words[0], words[1]
+            await asyncio.sleep(0.05)
+        raise RuntimeError("chromium did not start its DevTools endpoint")
 
     async def __aexit__(
         self,
@@ -59,9 +80,12 @@ class Browser:
     ) -> None:
         await self._ws.close()
         await self._session.close()
+        await self._stop()
+
+    async def _stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)  # the renderers too
-        await asyncio.wait_for(self.process.wait(), timeout=30)
+            os.killpg(self.process.pid, signal.SIGTERM)  # its renderers too: its own group
+        await asyncio.wait_for(self.process.wait(), timeout=START_TIMEOUT_S)
         self._profile.cleanup()
 
     async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
@@ -70,8 +94,8 @@ class Browser:
         if session:
             message["sessionId"] = session
         await self._ws.send_json(message)
-        while True:
-            reply = await self._ws.receive_json(timeout=30)
+        while True:  # events (no id) and other answers are skipped
+            reply = await self._ws.receive_json(timeout=CALL_TIMEOUT_S)
             if reply.get("id") == ident:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
@@ -79,22 +103,56 @@ class Browser:
                 return result
 
     async def open(self, url: str) -> str:
-        target = await self.call("Target.createTarget", url=url)
+        """A new tab showing `url`, loaded (its initial about:blank does not count)."""
+        target = await self.call("Target.createTarget", url="about:blank")
         attached = await self.call(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
         )
         session: str = attached["sessionId"]
-        for _ in range(200):
-            if await self.evaluate(session, "document.readyState") == "complete":
-                return session
+        await self.call("Page.navigate", session, url=url)
+        wanted = json.dumps(url.split("#")[0])
+        await self.wait_for(
+            session,
+            f"location.href.split('#')[0] === {wanted} && document.readyState === 'complete'",
+        )
+        return session
+
+    async def wait_for(self, session: str, expression: str) -> Any:
+        """Poll until `expression` is truthy; its value. Pages load and images decode on
+        their own time: a fixed sleep would be either flaky or slow."""
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if value := await self.evaluate(session, expression):
+                return value
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{url} did not finish loading")
+        raise RuntimeError(f"still false after {CALL_TIMEOUT_S}s: {expression}")
 
     async def evaluate(self, session: str, expression: str) -> Any:
         result = await self.call(
             "Runtime.evaluate", session, expression=expression, returnByValue=True
         )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
+
+    async def click(self, session: str, selector: str) -> None:
+        """A real left click (press and release) at the middle of the element."""
+        box = await self.evaluate(
+            session,
+            f"(function () {{ var r = document.querySelector({json.dumps(selector)})"
+            ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()",
+        )
+        x, y = box
+        for kind in ("mousePressed", "mouseReleased"):
+            await self.call(
+                "Input.dispatchMouseEvent",
+                session,
+                type=kind,
+                x=x,
+                y=y,
+                button="left",
+                clickCount=1,
+            )
 
     async def screenshot(self, session: str, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", session, format="png")
