@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -73,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         emulator("--image-scale", "0.01") as emu,
     ):
         m = write_manifest(Path(tmp), images=images, prompts=prompts, seeds=seeds)
+        # Each starts with nothing dirty in the page cache: batchgen's syncs would
+        # otherwise also flush the 5,000 files the bare loop leaves unsynced.
+        os.sync()
         ok_bare, wall_bare, cpu_bare = asyncio.run(
             bare_loop(m, Path(tmp) / "bare", emu.url, args.concurrency)
         )
+        os.sync()
         result, wall_bg, cpu_bg = asyncio.run(
             run_batchgen(m, Path(tmp) / "bg", emu.url, concurrency=args.concurrency)
         )
