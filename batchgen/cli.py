@@ -142,13 +142,13 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from batchgen import emulator
+    from batchgen import emulator_serve
 
     emu = subparsers.add_parser(
         "emulator", help="serve the bundled emulator of the API on loopback"
     )
-    emulator.add_arguments(emu)
-    emu.set_defaults(handler=emulator.run_from_args)  # its own exit codes
+    emulator_serve.add_arguments(emu)
+    emu.set_defaults(handler=emulator_serve.run_from_args)  # its own exit codes
 
 
 def _number(

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from batchgen import commands, emulator
+from batchgen import commands, emulator, emulator_serve
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.progress import Progress
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
           "at list price, against the bundled emulator (no key, no network, no bill)")  # fmt: skip
 
     async def go() -> tuple[BatchResult, BatchConfig, dict[str, object]]:
-        async with emulator.running_emulator(config) as served:
+        async with emulator_serve.running_emulator(config) as served:
             print(f"batchgen demo: emulator serving at {served.url}")
             batch = commands.batch_config(args, prepared, served.url, served.api_key)
             progress = Progress(plan.to_run, bar=not args.no_progress and sys.stderr.isatty())

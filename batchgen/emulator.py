@@ -21,24 +21,23 @@ What a request meets, in order:
     POST /_script   a JSON list of statuses, replacing what is left of the script
 
 Only 200s and billed 504s are charged; `EmulatorStats.charges` counts charges per request
-fingerprint, so a test can prove that nobody paid twice.
+fingerprint, so a test can prove that nobody paid twice. Serving it (a loopback port, the
+`batchgen emulator` command) is `emulator_serve.py`'s job; drawing its pictures is
+`emulator_image.py`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
 import json
 import math
 import random
-import signal
-import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -462,161 +461,3 @@ async def _set_script(request: web.Request) -> web.Response:
         )
     request.app[STATE].script = deque(script)
     return web.json_response({"script": script})
-
-
-@dataclass(frozen=True, slots=True)
-class RunningEmulator:
-    """A served emulator: `url` is the api_base to give a client (it ends in /v1)."""
-
-    url: str
-    app: web.Application
-
-    @property
-    def stats(self) -> EmulatorStats:
-        return self.app[STATS]
-
-    @property
-    def api_key(self) -> str:
-        return self.app[CONFIG].api_key
-
-
-@contextlib.asynccontextmanager
-async def running_emulator(
-    config: EmulatorConfig, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[RunningEmulator]:
-    """Serve the emulator on `host:port` (0 = a free port) for the duration of the block."""
-    app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_port = runner.addresses[0][1]
-        shown = f"[{host}]" if ":" in host else host
-        yield RunningEmulator(url=f"http://{shown}:{bound_port}/v1", app=app)
-    finally:
-        await runner.cleanup()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The emulator's command-line options (for `batchgen emulator` and `-m batchgen.emulator`)."""
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
-    add("--key", default=DEMO_KEY, help=f"the API key to accept (default {DEMO_KEY})")
-    add("--latency", type=_non_negative, default=0.0, help="mean seconds per image (default 0)")
-    add("--latency-jitter", type=_probability, default=0.2, help="relative spread (default 0.2)")
-    add("--rpm", type=_positive, default=None, help="rate limit, requests per minute")
-    add("--burst", type=int, default=2, help="rate-limit bucket size (default 2)")
-    add("--retry-after", action="store_true", help="send Retry-After on 429 (Segmind does not)")
-    add("--max-in-flight", type=int, default=None, help="concurrency cap; over it answers 429")
-    for status in (500, 502, 504):
-        add(f"--fail-{status}", type=_probability, default=0.0, help=f"probability of a {status}")
-    add("--billed-504-share", type=_probability, default=0.5, help="share of 504s billed")
-    add("--credits", type=_non_negative, default=None, help="starting balance in USD")
-    add("--script", type=_script, default=(), help="statuses for the next requests: 502,504,200")
-    add("--seed", type=int, default=0, help="seed for every random draw (default 0)")
-    add("--image-scale", type=_scale, default=1.0, help="draw images at resolution*scale")
-    add("--format", choices=("jpeg", "png"), default="jpeg", help="output format")
-
-
-def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
-    """An EmulatorConfig from options added by `add_arguments`. Raises ValueError."""
-    return EmulatorConfig(
-        api_key=args.key,
-        latency=args.latency,
-        latency_jitter=args.latency_jitter,
-        rate_limit_rpm=args.rpm,
-        rate_burst=args.burst,
-        retry_after=args.retry_after,
-        max_in_flight=args.max_in_flight,
-        fault_500=args.fail_500,
-        fault_502=args.fail_502,
-        fault_504=args.fail_504,
-        billed_504_share=args.billed_504_share,
-        credits=args.credits,
-        script=tuple(args.script),
-        seed=args.seed,
-        image_scale=args.image_scale,
-        output_format=args.format,
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C or SIGTERM. 0 on a clean stop, 2 for a bad option, 1 if binding fails."""
-    try:
-        config = config_from_args(args)
-    except ValueError as err:
-        print(f"batchgen emulator: {err}", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(_serve(config, args.host, args.port))
-    except OSError as err:  # the port is taken, or the host is not ours
-        print(
-            f"batchgen emulator: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr
-        )
-        return 1
-    return 0
-
-
-async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        async with running_emulator(config, host, port) as emulator:
-            print(f"batchgen emulator serving {emulator.url} (Ctrl-C stops it); use:", flush=True)
-            print(f"SEGMIND_API_BASE={emulator.url} SEGMIND_API_KEY={config.api_key}", flush=True)
-            await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-
-
-def _number(text: str, ok: Callable[[float], bool], rule: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    return _number(text, lambda v: v >= 0, ">= 0")
-
-
-def _positive(text: str) -> float:
-    return _number(text, lambda v: v > 0, "> 0")
-
-
-def _probability(text: str) -> float:
-    return _number(text, lambda v: 0 <= v <= 1, "between 0 and 1")
-
-
-def _scale(text: str) -> float:
-    return _number(text, lambda v: 0 < v <= 1, "in (0, 1], e.g. 0.03125")
-
-
-def _script(text: str) -> tuple[int, ...]:
-    try:
-        statuses = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use comma-separated statuses") from None
-    unknown = sorted(set(statuses) - SCRIPTABLE)
-    if unknown:
-        raise argparse.ArgumentTypeError(f"cannot script {unknown}; use {sorted(SCRIPTABLE)}")
-    return statuses
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m batchgen.emulator [options]`: the emulator on its own."""
-    parser = argparse.ArgumentParser(prog="python -m batchgen.emulator", description=__doc__)
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,8 @@ from typing import Any
 
 from batchgen import api, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.emulator import EmulatorConfig, RunningEmulator, fingerprint, running_emulator
+from batchgen.emulator import EmulatorConfig, fingerprint
+from batchgen.emulator_serve import RunningEmulator, running_emulator
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.runner import RunOptions
 from tests.helpers import make_image, write
