@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -183,3 +187,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+@dataclass
+class EmulatorProcess:
+    """`batchgen emulator` running in a process of its own (benchmarks, crash tests)."""
+
+    url: str
+    key: str
+    process: subprocess.Popen[str]
+
+    def stats(self) -> dict[str, Any]:
+        """The emulator's /_stats: who paid for what."""
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=30) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+
+@contextlib.contextmanager
+def emulator_process(*options: str, key: str = DEMO_KEY) -> Iterator[EmulatorProcess]:
+    """Start `batchgen emulator --port 0 OPTIONS` on loopback; stop it afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", key, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # "batchgen emulator serving ..."
+        url = process.stdout.readline().split()[0].split("=", 1)[1]  # SEGMIND_API_BASE=...
+        yield EmulatorProcess(url, key, process)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)

@@ -9,20 +9,17 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
 from batchgen import grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
+from batchgen.emulator_serve import EmulatorProcess, emulator_process
 from batchgen.images import EncodedImages
 from batchgen.runner import RunOptions
 
@@ -41,33 +38,10 @@ def machine() -> str:
     return f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}"
 
 
-@dataclass
-class Emulator:
-    url: str
-    process: subprocess.Popen[str]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=30) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
-
-
 @contextmanager
-def emulator(*options: str) -> Iterator[Emulator]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", KEY, *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        process.stdout.readline()
-        url = process.stdout.readline().split()[0].split("=", 1)[1]
-        yield Emulator(url, process)
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+def emulator(*options: str) -> Iterator[EmulatorProcess]:
+    with emulator_process(*options, key=KEY) as served:
+        yield served
 
 
 def tiny_images(folder: Path, count: int) -> None:

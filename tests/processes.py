@@ -2,49 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class EmulatorProcess:
-    url: str
-    key: str
-    process: subprocess.Popen[str]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=10) as r:
-            result: dict[str, Any] = json.loads(r.read())
-            return result
+from batchgen.emulator_serve import EmulatorProcess
+from batchgen.emulator_serve import emulator_process as serve
 
 
 @contextmanager
 def emulator_process(*options: str, key: str = "test-key-123") -> Iterator[EmulatorProcess]:
-    command = [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", key]
-    process = subprocess.Popen(
-        [*command, "--image-scale", "0.03125", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        process.stdout.readline()
-        env_line = process.stdout.readline()  # SEGMIND_API_BASE=... SEGMIND_API_KEY=...
-        url = env_line.split()[0].split("=", 1)[1]
-        yield EmulatorProcess(url, key, process)
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
+    """The standalone emulator, drawing tiny images: tests check files, not pixels."""
+    with serve("--image-scale", "0.03125", *options, key=key) as emulator:
+        yield emulator
 
 
 def batchgen(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
