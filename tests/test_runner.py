@@ -163,3 +163,23 @@ async def test_resume_after_a_torn_line_and_a_lost_file(tmp_path: Path) -> None:
     assert charges[fps[done[0]["job_id"]]] == 2  # only the lost one was paid again
     assert sum(charges.values()) == 5
     assert all(line.strip() for line in (out / "ledger.jsonl").read_text().splitlines())
+
+
+async def test_inspect_reads_back_what_run_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from batchgen.cli import main
+
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with emulated() as served:
+        await run(m, served, out)
+    done = next(r for r in lines(out) if r["status"] == "succeeded")
+    assert main(["inspect", str(out / done["output"]), "--json"]) == 0
+    embedded = json.loads(capsys.readouterr().out)
+    assert embedded["job_id"] == done["job_id"]
+    assert (embedded["prompt"], embedded["seed"]) == ("prompt 0", 101)
+    assert embedded["model"] == "ideogram-turbo-img-2-img"
+    assert embedded["source"] == "photos/p0.jpg"
