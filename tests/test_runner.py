@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from batchgen import ledger, report
+from batchgen.cli import main
 from tests.helpers import write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
@@ -168,10 +170,6 @@ async def test_resume_after_a_torn_line_and_a_lost_file(tmp_path: Path) -> None:
 async def test_inspect_reads_back_what_run_wrote(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    from batchgen.cli import main
-
     m = make_project(tmp_path, images=1, prompts=1, seeds=1)
     out = tmp_path / "out"
     async with emulated() as served:
