@@ -88,8 +88,8 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.set_defaults(handler=commands.cmd_run)
 
 
-def _add_run_options(run: argparse.ArgumentParser, *, out_required: bool = True) -> None:
-    run.add_argument("--out", type=Path, required=out_required, help="output folder")
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--out", type=Path, required=True, help="output folder")
     run.add_argument("--ledger", type=Path, help="ledger file (default OUT/ledger.jsonl)")
     run.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     run.add_argument("--api-key-file", type=Path, help="read the key from this file")

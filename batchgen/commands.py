@@ -36,10 +36,15 @@ class Prepared:
 
     def jobs(self, *, check_paths: bool = False) -> Iterator[Job]:
         """This shard's jobs; the output-path check already ran in `prepare`."""
-        owned = self.shard
-        for job in grid.expand(self.manifest, check_paths=check_paths):
-            if owned is None or owned.owns(job.job_id):
-                yield job
+        return shard_jobs(self.manifest, self.shard, check_paths=check_paths)
+
+
+def shard_jobs(
+    loaded: manifest.Manifest, owned: shard.Shard | None, *, check_paths: bool
+) -> Iterator[Job]:
+    for job in grid.expand(loaded, check_paths=check_paths):
+        if owned is None or owned.owns(job.job_id):
+            yield job
 
 
 def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
@@ -90,13 +95,10 @@ def rate_limit(args: argparse.Namespace, owned: shard.Shard | None) -> float | N
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.list:
-        loaded = manifest.load(args.manifest)
-        owned = resolve_shard(args)
-        for job in grid.expand(loaded):
-            if owned is None or owned.owns(job.job_id):
-                line = {"job_id": job.job_id, "output": job.output,
-                        "params": grid.describe(job.params)}  # fmt: skip
-                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+        jobs = shard_jobs(manifest.load(args.manifest), resolve_shard(args), check_paths=True)
+        for job in jobs:
+            line = {"job_id": job.job_id, "output": job.output, "params": grid.describe(job.params)}
+            sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
         return EXIT_OK
     prepared = prepare(args, ledger_file=args.ledger)
     plan = prepared.plan
@@ -178,9 +180,14 @@ def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResul
         f"run (about ${plan.estimated_cost:,.2f})",
         file=sys.stderr,
     )
-    progress = Progress(plan.to_run, bar=bar and sys.stderr.isatty())
+    return asyncio.run(run_with_progress(config, prepared, bar=bar))
+
+
+async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
+    """The run itself, with a bar on a terminal (log lines otherwise)."""
+    progress = Progress(prepared.plan.to_run, bar=bar and sys.stderr.isatty())
     try:
-        return asyncio.run(run_batch(config, prepared.jobs(), prepared.state, on_event=progress))
+        return await run_batch(config, prepared.jobs(), prepared.state, on_event=progress)
     finally:
         progress.close()
 

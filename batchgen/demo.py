@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 from batchgen import commands, emulator, emulator_serve
-from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.progress import Progress
+from batchgen.batch import BatchConfig, BatchResult
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,12 +26,7 @@ def run(args: argparse.Namespace) -> int:
         async with emulator_serve.running_emulator(config) as served:
             print(f"batchgen demo: emulator serving at {served.url}")
             batch = commands.batch_config(args, prepared, served.url, served.api_key)
-            progress = Progress(plan.to_run, bar=not args.no_progress and sys.stderr.isatty())
-            try:
-                jobs = prepared.jobs()
-                result = await run_batch(batch, jobs, prepared.state, on_event=progress)
-            finally:
-                progress.close()
+            result = await commands.run_with_progress(batch, prepared, bar=not args.no_progress)
             return result, batch, served.stats.as_json()
 
     result, batch, stats = asyncio.run(go())

@@ -54,9 +54,14 @@ class LedgerError(BatchgenError):
 class ApiError(BatchgenError):
     """The service, or the network on the way to it, did not give us an image."""
 
+    status: int | None = None  # the HTTP status, when the service answered
+    retry_after: float | None = None  # seconds the service asked us to wait
+
 
 class ApiStatusError(ApiError):
     """A non-200 answer from the service."""
+
+    status: int
 
     def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         self.status = status

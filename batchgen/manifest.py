@@ -184,17 +184,10 @@ class _Reader:
         if not isinstance(data, dict):
             self.problem(self.where(("params",)), "params", "params must be a mapping")
             return {}, []
-        fixed: dict[str, Any] = {}
-        axes: list[Axis] = []
-        for key, value in data.items():
-            checked = self.value(key, value, ("params", key))
-            if key == "image_file" and isinstance(checked, list):
-                if len(checked) == 1:
-                    fixed[key] = checked[0]
-                else:
-                    axes.append(Axis(key, distinct([{key: image} for image in checked])))
-            elif checked is not _BAD:
-                fixed[key] = checked
+        fixed, axes = self.params_of(data, ("params",))
+        for axis in [a for a in axes if len(a.choices) == 1]:  # one image is just a value
+            fixed.update(axis.choices[0])
+            axes.remove(axis)
         return fixed, axes
 
     def grid(

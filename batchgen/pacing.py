@@ -44,7 +44,6 @@ class Pacer:
         self._cooldown = cooldown
         self._cool_until = 0.0
         self._streak = 0
-        self.throttles = 0
 
     async def wait_turn(self) -> None:
         while (remaining := self._cool_until - self._clock()) > 0:
@@ -61,7 +60,6 @@ class Pacer:
 
     def throttled(self, retry_after: float | None, sent_at: float | None = None) -> float:
         """Slow the whole pool down; returns the pause chosen (0: the rate was cut)."""
-        self.throttles += 1
         if self.adaptive is not None:
             self.adaptive.on_throttle(sent_at)
             pause = retry_after or 0.0

@@ -13,6 +13,7 @@ from typing import Any
 from batchgen import api
 from batchgen.grid import Job
 from batchgen.ledger import LedgerState
+from batchgen.shard import shard_of
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ class Plan:
 
 def shard_split(jobs: Iterable[Job], state: LedgerState, count: int) -> list[dict[str, int]]:
     """Jobs and jobs still to run in each of `count` shards, in one pass."""
-    from batchgen.shard import shard_of
-
     split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(count)]
     for job in jobs:
         entry = split[shard_of(job.job_id, count) - 1]

@@ -158,11 +158,10 @@ class Runner:
             if outcome is None:
                 return
             error, billed, sent_at = outcome
-            verdict = retry.classify(error.status if isinstance(error, ApiStatusError) else None)
+            verdict, retry_after = retry.classify(error.status), error.retry_after
             if verdict is retry.Verdict.THROTTLED:
                 attempt -= 1  # a 429 is not the job's fault: it does not use up attempts
                 throttled += 1
-                retry_after = error.retry_after if isinstance(error, ApiStatusError) else None
                 self.pacer.throttled(retry_after, sent_at)
                 self.totals.throttled += 1
                 await self._retrying(job, error, billed, attempt, retry_after)
@@ -185,7 +184,6 @@ class Runner:
                 await self._interrupted(job, params, error, billed)
                 self.request_stop(f"retry budget exhausted: the service keeps failing ({error})")
                 return
-            retry_after = error.retry_after if isinstance(error, ApiStatusError) else None
             delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
             await self._retrying(job, error, billed, attempt, delay)
             await self.sleep(delay)

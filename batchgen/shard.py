@@ -22,7 +22,7 @@ class Shard:
     count: int
 
     def owns(self, job_id: str) -> bool:
-        return int(job_id[:16], 16) % self.count == self.index - 1
+        return shard_of(job_id, self.count) == self.index
 
     @property
     def ledger_name(self) -> str:
