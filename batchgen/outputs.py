@@ -166,17 +166,6 @@ def make_durable_folders(folders: set[Path]) -> None:
         fsync_dir(folder)
 
 
-def write_batch(files: list[tuple[Path, bytes]]) -> None:
-    """Put many files in place atomically and durably: stage, sync, rename, sync."""
-    staged = [stage(path, data) for path, data in files]
-    try:
-        make_durable(staged)
-    finally:
-        close_staged(staged)
-    publish(staged)
-    make_durable_folders({path.parent for path, _ in files})
-
-
 SYNCFS_MIN_FILES: Final = 4
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen import outputs
+from batchgen import ledger, outputs
 
 
 @settings(max_examples=200, deadline=None)
@@ -32,15 +33,23 @@ def test_confine_keeps_paths_inside(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("count", [1, 3, 4, 25])  # one by one below 4 files, syncfs from 4
-def test_write_batch_puts_every_file_in_place(tmp_path: Path, count: int) -> None:
+def test_a_commit_puts_every_file_in_place(tmp_path: Path, count: int) -> None:
     files = [(tmp_path / f"d{i % 3}" / f"f{i}.jpg", bytes([i]) * (i + 1)) for i in range(count)]
-    for path, _ in files:
-        path.parent.mkdir(exist_ok=True)
+    (tmp_path / "d0").mkdir()
     (tmp_path / "d0" / "f0.jpg").write_bytes(b"an older, lost attempt")
-    outputs.write_batch(files)
+
+    async def commit() -> None:  # submitted together: one batch, as under load
+        async with ledger.LedgerWriter(tmp_path / "ledger.jsonl") as writer:
+            await asyncio.gather(
+                *(writer.write({"job_id": f"j{i}", "status": "succeeded"}, output=item)
+                  for i, item in enumerate(files))
+            )  # fmt: skip
+
+    asyncio.run(commit())
     for path, data in files:
         assert path.read_bytes() == data
     assert not list(tmp_path.rglob("*.part"))
+    assert len(list(ledger.read(tmp_path / "ledger.jsonl"))) == count
 
 
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
