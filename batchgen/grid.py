@@ -85,11 +85,6 @@ def _image_stem(image: Any) -> str:
     return stem or "url"
 
 
-@functools.lru_cache(maxsize=8192)
-def _slug(value: Any) -> str:
-    return outputs.slug(value)
-
-
 def render_output(template: str, model: str, jid: str, params: Mapping[str, Any]) -> str:
     fields: dict[str, Any] = {}
     for name in _template_fields(template):
@@ -100,9 +95,8 @@ def render_output(template: str, model: str, jid: str, params: Mapping[str, Any]
         elif name == "model":
             fields[name] = model
         elif name != "ext":
-            value = params.get(name, "default")
-            fields[name] = value if isinstance(value, Mapping) else _slug(value)
-    return outputs.render(template, fields)
+            fields[name] = params.get(name, "default")
+    return outputs.render(template, fields)  # which makes every value a safe path piece
 
 
 def make_job(manifest: Manifest, params: Mapping[str, Any]) -> Job:

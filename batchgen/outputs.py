@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import os
@@ -59,7 +60,13 @@ def slug(value: object) -> str:
         else:
             canonical = json.dumps(value, sort_keys=True).encode()
             value = "custom-" + hashlib.sha256(canonical).hexdigest()[:8]
-    text = _UNSAFE.sub("-", str(value)).strip("-.")
+    return _slug_text(str(value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _slug_text(text: str) -> str:
+    """Cached: a million-job grid renders the same few prompts and stems over and over."""
+    text = _UNSAFE.sub("-", text).strip("-.")
     return text[:MAX_FIELD_CHARS].rstrip("-.") or "_"
 
 
