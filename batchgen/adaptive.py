@@ -3,9 +3,11 @@
 Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its window):
 
 - slow start: until the first 429, the rate is 8 requests/s doubled every half
-  second, or twice the rate answers come back, whichever is higher: a pool of 32
-  workers does not open with 30 refusals, yet a fast service is at full speed
-  within milliseconds and a slow one (latency-bound) within about two seconds;
+  second, or twice the rate answers come back, whichever is higher; and beside
+  that rate, TCP's slow start: one more request in flight for every answer.
+  A pool of 32 workers does not open with 30 refusals, yet a fast service is at
+  full speed within a few round trips (the in-flight window, clocked by its
+  answers) and a slow one (latency-bound) within about two seconds (the rate);
 - on a 429: W = the rate at which requests sent over the last round trip (at least
   a second) were let through, counted by when they were sent (so a limit on
   requests in flight, whose refusals come back at once and whose successes come
@@ -18,8 +20,11 @@ Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its wind
   5/s limit and a 20/s one spend the same small share of requests above the limit;
 - never more than twice the rate answers arrive at, nor below 3 requests a minute.
 
-Requests are spaced evenly at 1/rate: a bucket of one token, no bursts for the
-server's token bucket to punish.
+Requests are spaced evenly at 1/rate, GCRA style, with a tolerance of 5 ms: at
+5/s that is a bucket of one token, no bursts for the server's token bucket to
+punish; at 1,000/s it lets five go together. Without it, pacing is bound by the
+event loop's timers (epoll sleeps in whole milliseconds): measured at 880 jobs/s
+against a server that could answer 2,700.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class CubicRate:
     START_RATE = 8.0
     SLOW_START_DOUBLING_S = 0.5
     RAMP_EVERY_S = 0.02  # how often slow start recomputes its rate
+    TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks
     MAX_GROWTH = 2.0
     HISTORY = 10_000  # timestamps kept for the rate estimates
 
@@ -52,10 +58,12 @@ class CubicRate:
         self._w_max = 0.0
         self._k = 1.0
         self._last_cut = -math.inf
-        self._last_send = -math.inf
+        self._scheduled = -math.inf  # when the last request was due (GCRA's virtual time)
         self._answers: deque[float] = deque()  # when answers (any but 429) arrived
         self._sends: deque[float] = deque()  # when requests were sent
         self._refused: deque[float] = deque()  # when the requests answered 429 were sent
+        self._in_flight = 0
+        self._window = 0  # slow start: in flight allowed beyond the rate's say
 
     def delay(self) -> float:
         """Seconds until the next request may go, at the rate as it is now (a waiter
@@ -68,16 +76,26 @@ class CubicRate:
             window = min(max(elapsed, self.RAMP_EVERY_S), 1.0)
             by_answers = self.MAX_GROWTH * _count_since(self._answers, now - window) / window
             self.rate = max(by_time, by_answers)
-        return max(0.0, self._last_send + 1.0 / self.rate - now)
+        if not self.throttled and self._in_flight < self._window:
+            return 0.0
+        return max(0.0, self._scheduled + 1.0 / self.rate - self.TOLERANCE_S - now)
 
     def take(self) -> None:
-        self._last_send = self._clock()
-        _push(self._sends, self._last_send, self.HISTORY)
+        """The caller sends now. Its slot is 1/rate after the last one's, or now if
+        the pool was idle: an idle spell earns no burst (nor do sends the slow-start
+        window let through ahead of the rate)."""
+        now = self._clock()
+        due = max(self._scheduled + 1.0 / self.rate, now)
+        self._scheduled = min(due, now + self.TOLERANCE_S)
+        self._in_flight += 1
+        _push(self._sends, now, self.HISTORY)
 
     def on_answer(self) -> None:
         """Any answer but a 429: the limit let it through."""
         now = self._clock()
         _push(self._answers, now, self.HISTORY)
+        self._in_flight = max(0, self._in_flight - 1)
+        self._window += 1
         if self.throttled:
             phase = (now - self._last_cut - self._k) / self._k
             cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
@@ -88,6 +106,7 @@ class CubicRate:
         now = self._clock()
         sent = now if sent_at is None else sent_at
         _push(self._refused, sent, self.HISTORY)
+        self._in_flight = max(0, self._in_flight - 1)
         if sent < self._last_cut:
             return  # sent before the last cut: already answered for
         window = max(min(max(1.0, now - sent), now - self._started), 0.1)  # not before we began

@@ -84,8 +84,9 @@ class Runner:
         self._reserved = 0.0  # price of requests in flight, for the cost cap
         self._uncommitted = 0  # images handed to the ledger, not yet on disk
         self._uncommitted_bytes = 0
-        self._root = out.resolve()
-        self._out_from_ledger = PurePosixPath(os.path.relpath(out, ledger.path.parent))
+        self._root = str(out.resolve())
+        where = PurePosixPath(os.path.relpath(out, ledger.path.parent)).as_posix()
+        self._out_from_ledger = "" if where == "." else where + "/"  # outputs, as the ledger says
         self._stop = asyncio.Event()
 
     # -- control ----------------------------------------------------------------
@@ -244,7 +245,7 @@ class Runner:
         body = metadata.embed(answer.body, answer.format, self._provenance(job, params, answer))
         if "x-remaining-credits" in answer.headers:
             self.totals.remaining_credits = answer.headers["x-remaining-credits"]
-        output = (self._out_from_ledger / relative).as_posix()
+        output = self._out_from_ledger + relative
         record = {
             "job_id": job.job_id,
             "status": "succeeded",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,11 @@ def test_the_fast_scan_agrees_with_plain_json(
     fast = ledger.load_state([folder / "fast.jsonl"]).records
     slow = ledger.load_state([folder / "slow.jsonl"]).records
     assert fast == slow
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_timestamps_read_as_datetime_writes_them(now: float) -> None:
+    """The cached formatter matches datetime's own, to the millisecond, rounding included."""
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert ledger.timestamp(now) == expected.replace("+00:00", "Z")

@@ -24,12 +24,12 @@ def test_any_value_slugs_to_a_safe_path_piece(value: str) -> None:
 @pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "/etc/passwd", "."])
 def test_confine_refuses_escapes(tmp_path: Path, relative: str) -> None:
     with pytest.raises(ValueError, match="escapes the output folder"):
-        outputs.confine(tmp_path.resolve(), relative)
+        outputs.confine(str(tmp_path.resolve()), relative)
 
 
 def test_confine_keeps_paths_inside(tmp_path: Path) -> None:
     root = tmp_path.resolve()
-    assert outputs.confine(root, "a/b/c.jpg") == root / "a" / "b" / "c.jpg"
+    assert outputs.confine(str(root), "a/b/c.jpg") == str(root / "a" / "b" / "c.jpg")
 
 
 @pytest.mark.parametrize("count", [1, 3, 4, 25])  # one by one below 4 files, syncfs from 4
