@@ -18,7 +18,9 @@ Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its wind
   since the cut: a climb back to W that flattens out near it, then a probe above.
   Unlike TCP and the SDKs, K is counted in requests (K = 40 / W s, within 1..10 s), so a
   5/s limit and a 20/s one spend the same small share of requests above the limit;
-- never more than twice the rate answers arrive at, nor below 3 requests a minute.
+- never more than twice the rate answers arrive at (over a round trip, at least a
+  second: at 11 s a request, a one-second window mostly sees no answer at all and
+  would starve the pool), nor below 3 requests a minute.
 
 Requests are spaced evenly at 1/rate, GCRA style, with a tolerance of 5 ms: at
 5/s that is a bucket of one token, no bursts for the server's token bucket to
@@ -63,6 +65,7 @@ class CubicRate:
         self._sends: deque[float] = deque()  # when requests were sent
         self._refused: deque[float] = deque()  # when the requests answered 429 were sent
         self._in_flight = 0
+        self._round_trip = 0.0  # smoothed seconds from send to answer (as TCP's SRTT)
         self._window = 0  # slow start: in flight allowed beyond the rate's say
 
     def delay(self) -> float:
@@ -90,16 +93,22 @@ class CubicRate:
         self._in_flight += 1
         _push(self._sends, now, self.HISTORY)
 
-    def on_answer(self) -> None:
+    def on_answer(self, sent_at: float | None = None) -> None:
         """Any answer but a 429: the limit let it through."""
         now = self._clock()
         _push(self._answers, now, self.HISTORY)
+        if sent_at is not None:
+            sample = max(0.0, now - sent_at)
+            self._round_trip = (
+                sample if not self._round_trip else (0.875 * self._round_trip + 0.125 * sample)
+            )
         self._in_flight = max(0, self._in_flight - 1)
         self._window += 1
         if self.throttled:
             phase = (now - self._last_cut - self._k) / self._k
             cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
-            arriving = _count_since(self._answers, now - 1.0)
+            window = max(1.0, self._round_trip)
+            arriving = _count_since(self._answers, now - window) / window
             self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
 
     def on_throttle(self, sent_at: float | None = None) -> None:

@@ -71,11 +71,11 @@ class Pacer:
         self._cool_until = max(self._cool_until, self._clock() + pause)
         return pause
 
-    def answered(self) -> None:
-        """The service answered with anything but a 429."""
+    def answered(self, sent_at: float | None = None) -> None:
+        """The service answered with anything but a 429 (to a request sent at `sent_at`)."""
         self._streak = 0
         if self.adaptive is not None:
-            self.adaptive.on_answer()
+            self.adaptive.on_answer(sent_at)
 
 
 class RetryBudget:

@@ -215,7 +215,7 @@ class Runner:
             answer = await self.client.generate(self.model, body)
         except ApiError as error:
             if not (isinstance(error, ApiStatusError) and error.status == 429):
-                self.pacer.answered()
+                self.pacer.answered(sent_at)
             billed = _billed(error)
             if billed == "maybe":
                 self.totals.possibly_billed += self.price
@@ -224,7 +224,7 @@ class Runner:
             return error, billed, sent_at
         finally:
             self._reserved -= self.price
-        self.pacer.answered()
+        self.pacer.answered(sent_at)
         self.totals.spent += self.price
         await self._succeed(job, params, answer, attempt)
         return None
