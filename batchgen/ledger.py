@@ -114,6 +114,7 @@ class JobRecord:
     size: int | None = None
     retryable: bool = True
     error: str | None = None
+    intact: bool | None = None  # the output checked against its digest: once per process
 
     @property
     def output_path(self) -> Path | None:
@@ -179,11 +180,17 @@ class LedgerState:
         self._put(job, entry)
 
     def is_done(self, job_id: str) -> bool:
-        """Succeeded, and its output file is still there with the recorded bytes."""
+        """Succeeded, and its output file is still there with the recorded bytes.
+
+        The file is read and hashed once per process: `run` asks in its validating
+        plan pass and again as it feeds the workers, and a big resume would otherwise
+        read every finished image twice."""
         record = self.records.get(job_id)
         if record is None or record.status != "succeeded":
             return False
-        return output_intact(record)
+        if record.intact is None:
+            record.intact = output_intact(record)
+        return record.intact
 
     def failed_for_good(self, job_id: str) -> bool:
         record = self.records.get(job_id)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batchgen import grid, ledger, manifest
+from batchgen.cli import main
 from tests.processes import batchgen, emulator_process, wait_for_lines
 from tests.runs import job_fingerprints, make_project
 
@@ -160,3 +161,33 @@ def test_report_merges_ledgers_and_groups_failures(tmp_path: Path) -> None:
     assert list(summary["failures"].values()) == [1]
     assert Counter(j["retryable"] for j in summary["failed_jobs"]) == {False: 1}
     assert summary["spent"] == pytest.approx(3 * 0.063)
+
+
+def _bytes_read() -> int:
+    """What this process has read so far (Linux's /proc/self/io `rchar`)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_a_resume_reads_each_finished_image_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` checks finished outputs in its plan pass and again as it feeds the
+    workers; a big resume must not read every image twice to do so."""
+    m = make_project(tmp_path, images=3, prompts=2, seeds=2)
+    out = tmp_path / "out"
+    with emulator_process("--image-scale", "0.5") as emu:
+        monkeypatch.setenv("SEGMIND_API_KEY", emu.key)
+        monkeypatch.setenv("SEGMIND_API_BASE", emu.url)
+        assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 0
+        images = [p for p in out.rglob("*.jpg") if "thumbs" not in p.parts]
+        size = sum(p.stat().st_size for p in images)
+        before = _bytes_read()
+        assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 0
+        read = _bytes_read() - before
+        assert emu.stats()["requests_total"] == len(images) == 12
+    assert "12 already done" in capsys.readouterr().err
+    assert size <= read < 1.5 * size, (read, size)  # each image once, plus ledger and inputs
