@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from batchgen import __version__, api, commands, retry
+from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError
 
@@ -66,11 +66,11 @@ def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     where.add_argument("--ledger", type=Path, help="one ledger file to compare against")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.add_argument("--list", action="store_true", help="stream the jobs as JSON lines")
-    plan.add_argument("--rpm", type=_positive_float, help="rate limit, to estimate wall time")
-    plan.add_argument("--concurrency", type=_positive_int, help="requests in flight, likewise")
+    plan.add_argument("--rpm", type=positive, help="rate limit, to estimate wall time")
+    plan.add_argument("--concurrency", type=positive_int, help="requests in flight, likewise")
     plan.add_argument("--retry-failed", action="store_true", help="count failed jobs as to run")
     _add_shard_options(plan)
-    plan.add_argument("--rpm-total", type=_positive_float, help="the key's rate, over all shards")
+    plan.add_argument("--rpm-total", type=positive, help="the key's rate, over all shards")
     plan.set_defaults(handler=commands.cmd_plan)
 
 
@@ -93,20 +93,23 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ledger", type=Path, help="ledger file (default OUT/ledger.jsonl)")
     run.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     run.add_argument("--api-key-file", type=Path, help="read the key from this file")
-    run.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight")
-    run.add_argument("--rpm", type=_positive_float, help="requests per minute (your plan's limit)")
-    run.add_argument("--max-cost", type=_non_negative_float, help="hard cap on USD this run spends")
+    run.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    run.add_argument("--rpm", type=positive, help="requests per minute (your plan's limit)")
+    run.add_argument("--max-cost", type=non_negative, help="hard cap on USD this run spends")
     run.add_argument(
-        "--max-attempts", type=_positive_int, default=retry.MAX_ATTEMPTS, help="tries per job"
+        "--max-attempts",
+        type=positive_int,
+        default=retry.MAX_ATTEMPTS,
+        help="tries per job",
     )
     run.add_argument(
-        "--timeout", type=_positive_float, default=retry.REQUEST_TIMEOUT_S, help="seconds/request"
+        "--timeout", type=positive, default=retry.REQUEST_TIMEOUT_S, help="seconds/request"
     )
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     _add_shard_options(run)
     run.add_argument(
-        "--rpm-total", type=_positive_float, help="the key's rate limit, divided among the shards"
+        "--rpm-total", type=positive, help="the key's rate limit, divided among the shards"
     )
 
 
@@ -118,7 +121,9 @@ def _add_shard_options(parser: argparse.ArgumentParser) -> None:
         "(Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm)",
     )
     parser.add_argument(
-        "--shard-count", type=_positive_int, help="N for --shard auto; with plan alone: the split"
+        "--shard-count",
+        type=positive_int,
+        help="N for --shard auto; with plan alone: the split",
     )
 
 
@@ -136,7 +141,7 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     demo.add_argument("--manifest", type=Path, default=Path("jobs/demo.yaml"))
     demo.add_argument("--out", type=Path, default=Path("demo-out"))
     demo.add_argument("--latency", type=float, default=1.5, help="emulated seconds per image")
-    demo.add_argument("--concurrency", type=_positive_int, default=4)
+    demo.add_argument("--concurrency", type=positive_int, default=4)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=commands.cmd_demo)
 
@@ -149,34 +154,6 @@ def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     )
     emulator_serve.add_arguments(emu)
     emu.set_defaults(handler=emulator_serve.run_from_args)  # its own exit codes
-
-
-def _number(
-    text: str, kind: type[int] | type[float], ok: Callable[[float], bool], rule: str
-) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        noun = "a whole number" if kind is int else "a number"
-        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"{text} must be {rule}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    result: float = _number(text, float, lambda v: v >= 0, "0 or more")
-    return result
-
-
-def _positive_int(text: str) -> int:
-    result: int = _number(text, int, lambda v: v >= 1, "at least 1")
-    return result
-
-
-def _positive_float(text: str) -> float:
-    result: float = _number(text, float, lambda v: v > 0, "greater than 0")
-    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

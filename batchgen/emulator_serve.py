@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from batchgen.argtypes import fraction, non_negative, number, positive
 from batchgen.emulator import (
     CONFIG,
     DEMO_KEY,
@@ -71,16 +72,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
     add("--key", default=DEMO_KEY, help=f"the API key to accept (default {DEMO_KEY})")
-    add("--latency", type=_non_negative, default=0.0, help="mean seconds per image (default 0)")
-    add("--latency-jitter", type=_probability, default=0.2, help="relative spread (default 0.2)")
-    add("--rpm", type=_positive, default=None, help="rate limit, requests per minute")
+    add(
+        "--latency",
+        type=non_negative,
+        default=0.0,
+        help="mean seconds per image (default 0)",
+    )
+    add(
+        "--latency-jitter",
+        type=fraction,
+        default=0.2,
+        help="relative spread (default 0.2)",
+    )
+    add("--rpm", type=positive, default=None, help="rate limit, requests per minute")
     add("--burst", type=int, default=2, help="rate-limit bucket size (default 2)")
     add("--retry-after", action="store_true", help="send Retry-After on 429 (Segmind does not)")
     add("--max-in-flight", type=int, default=None, help="concurrency cap; over it answers 429")
     for status in (500, 502, 504):
-        add(f"--fail-{status}", type=_probability, default=0.0, help=f"probability of a {status}")
-    add("--billed-504-share", type=_probability, default=0.5, help="share of 504s billed")
-    add("--credits", type=_non_negative, default=None, help="starting balance in USD")
+        add(
+            f"--fail-{status}",
+            type=fraction,
+            default=0.0,
+            help=f"probability of a {status}",
+        )
+    add("--billed-504-share", type=fraction, default=0.5, help="share of 504s billed")
+    add("--credits", type=non_negative, default=None, help="starting balance in USD")
     add("--script", type=_script, default=(), help="statuses for the next requests: 502,504,200")
     add("--seed", type=int, default=0, help="seed for every random draw (default 0)")
     add("--image-scale", type=_scale, default=1.0, help="draw images at resolution*scale")
@@ -141,30 +157,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
             loop.remove_signal_handler(signum)
 
 
-def _number(text: str, ok: Callable[[float], bool], rule: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not ok(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be {rule}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    return _number(text, lambda v: v >= 0, ">= 0")
-
-
-def _positive(text: str) -> float:
-    return _number(text, lambda v: v > 0, "> 0")
-
-
-def _probability(text: str) -> float:
-    return _number(text, lambda v: 0 <= v <= 1, "between 0 and 1")
-
-
 def _scale(text: str) -> float:
-    return _number(text, lambda v: 0 < v <= 1, "in (0, 1], e.g. 0.03125")
+    return number(text, float, lambda v: 0 < v <= 1, "in (0, 1], e.g. 0.03125")
 
 
 def _script(text: str) -> tuple[int, ...]:

@@ -135,14 +135,9 @@ def render(summary: Summary) -> str:
     lines += [f"  {count:>6}  {reason}" for reason, count in summary.failures.items()]
     if summary.not_finished:
         lines.append(f"unfinished  {summary.not_finished:,} (the next run does them)")
-    lines.append(f"spent       ${summary.spent:,.2f} over {summary.requests:,} requests")
-    if summary.possibly_billed:
-        lines.append(
-            f"maybe       ${summary.possibly_billed:,.2f} possibly billed "
-            "(gateway errors, timeouts, crashes)"
-        )
-    if summary.remaining_credits is not None:
-        lines.append(f"credits     {summary.remaining_credits} remaining, as the service said")
+    lines += _money(
+        summary.spent, summary.requests, summary.possibly_billed, summary.remaining_credits
+    )
     if summary.wall_seconds:
         lines.append(f"wall time   {summary.wall_seconds:,.1f}s")
     if summary.failed_jobs:
@@ -152,6 +147,18 @@ def render(summary: Summary) -> str:
             for j in summary.failed_jobs
         ]
     return "\n".join(lines)
+
+
+def _money(spent: float, requests: int, maybe: float, credits: str | None) -> list[str]:
+    """What was paid, what may have been, what is left: the same lines for a ledger's
+    report and a run's summary."""
+    lines = [f"spent       ${spent:,.2f} over {requests:,} requests"]
+    if maybe:
+        why = "gateway errors, timeouts, crashes"
+        lines.append(f"maybe       ${maybe:,.2f} possibly billed ({why})")
+    if credits is not None:
+        lines.append(f"credits     {credits} remaining, as the service said")
+    return lines
 
 
 def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str | None) -> str:
@@ -169,13 +176,8 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
     lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
     if totals.not_run:
         lines.append(f"  not run     {totals.not_run:,} (the next run does them)")
-    lines.append(f"  spent       ${totals.spent:,.2f} over {totals.requests:,} requests")
-    if totals.possibly_billed:
-        lines.append(
-            f"  maybe       ${totals.possibly_billed:,.2f} possibly billed (502/504/timeouts)"
-        )
-    if totals.remaining_credits is not None:
-        lines.append(f"  credits     {totals.remaining_credits} remaining, as the service said")
+    money = _money(totals.spent, totals.requests, totals.possibly_billed, totals.remaining_credits)
+    lines += [f"  {line}" for line in money]
     lines.append(f"  images      {out}/")
     lines.append(f"  ledger      {ledger_path}")
     if resume:
