@@ -92,3 +92,24 @@ def test_missing_manifest_and_bad_flags(project: Path, capsys: pytest.CaptureFix
     with pytest.raises(SystemExit) as caught:
         main(["plan", str(project / "m.yaml"), "--rpm", "-3"])
     assert caught.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["plan", "m.yaml", "--concurrency", "0"], "argument --concurrency: 0 must be at least 1"),
+        (["plan", "m.yaml", "--rpm", "fast"], "argument --rpm: 'fast' is not a number"),
+        (["run", "m.yaml", "--max-cost", "-1"], "argument --max-cost: -1 must be 0 or more"),
+        (["emulator", "--fail-502", "2"], "argument --fail-502: 2 must be between 0 and 1"),
+        (["emulator", "--latency", "-1"], "argument --latency: -1 must be 0 or more"),
+        (["emulator", "--image-scale", "0"], "argument --image-scale: 0 must be in (0, 1]"),
+    ],
+)
+def test_bad_numbers_in_options_say_which_and_why(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
