@@ -114,7 +114,8 @@ class JobRecord:
     size: int | None = None
     retryable: bool = True
     error: str | None = None
-    intact: bool | None = None  # the output checked against its digest: once per process
+    intact: bool = False  # the output's bytes matched the digest, when last read ...
+    checked: int | None = None  # ... and a hash of the file's (inode, size, mtime, ctime) then
 
     @property
     def output_path(self) -> Path | None:
@@ -182,14 +183,23 @@ class LedgerState:
     def is_done(self, job_id: str) -> bool:
         """Succeeded, and its output file is still there with the recorded bytes.
 
-        The file is read and hashed once per process: `run` asks in its validating
-        plan pass and again as it feeds the workers, and a big resume would otherwise
-        read every finished image twice."""
+        A file is read and hashed again only if it changed since the last check (inode,
+        size, mtime or ctime): `run` asks in its validating plan pass and again as it
+        feeds the workers, and a big resume would otherwise read every finished image
+        twice, while a file replaced in between (by another job whose output path now
+        falls on it, say) is still caught."""
         record = self.records.get(job_id)
-        if record is None or record.status != "succeeded":
+        if record is None or record.status != "succeeded" or record.output_path is None:
             return False
-        if record.intact is None:
-            record.intact = output_intact(record)
+        try:
+            seen = os.stat(record.output_path)
+        except OSError:
+            return False
+        key = hash((seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns))
+        if record.checked != key:
+            same_size = record.size is None or seen.st_size == record.size
+            record.intact = same_size and _digest_matches(record)
+            record.checked = key
         return record.intact
 
     def failed_for_good(self, job_id: str) -> bool:
@@ -197,13 +207,11 @@ class LedgerState:
         return record is not None and record.status == "failed" and not record.retryable
 
 
-def output_intact(record: JobRecord) -> bool:
+def _digest_matches(record: JobRecord) -> bool:
     path = record.output_path
     if path is None:
         return False
     try:
-        if record.size is not None and path.stat().st_size != record.size:
-            return False
         data = path.read_bytes()
     except OSError:
         return False

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen import ledger
+from batchgen import ledger, outputs
 from batchgen.errors import LedgerError
 
 
@@ -81,8 +81,11 @@ def test_resume_state_rules(tmp_path: Path) -> None:
     assert not state.failed_for_good("flaky") and not state.is_done("flaky")
     assert not state.is_done("crashed") and state.records["crashed"].status == "started"
     out.write_bytes(b"imagX")  # same size, other bytes: not the file we paid for
-    assert state.is_done("ok")  # a state checks each file once: the verdict of its run's start
-    assert not ledger.load_state([path]).is_done("ok")  # the next run sees the change
+    assert not ledger.load_state([path]).is_done("ok")
+    outputs.write_atomic(out, b"image")  # put back, as a new file: the digest matches again
+    assert state.is_done("ok")
+    outputs.write_atomic(out, b"imagY")  # replaced during a run (another job's output, say)
+    assert not state.is_done("ok")  # the same state notices: a new inode is read again
 
 
 record_strategy = st.fixed_dictionaries(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections import Counter
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import ledger, report
+from batchgen import commands, ledger, report
 from batchgen.cli import main
-from tests.helpers import write
+from batchgen.runner import RunTotals
+from tests.helpers import make_image, write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
 
@@ -181,3 +183,35 @@ async def test_inspect_reads_back_what_run_wrote(
     assert (embedded["prompt"], embedded["seed"]) == ("prompt 0", 101)
     assert embedded["model"] == "ideogram-turbo-img-2-img"
     assert embedded["source"] == "photos/p0.jpg"
+
+
+async def test_an_output_replaced_mid_run_is_not_taken_as_done(tmp_path: Path) -> None:
+    """Run 1 writes job A to cat.jpg. The template then changes, and in run 2 job B
+    writes cat.jpg long before the workers reach A: A's recorded file now holds B's
+    bytes, so A is not done, although run's plan pass saw it intact."""
+    make_image(tmp_path / "p.jpg", colour=10)
+
+    def manifest(template: str, jobs: list[tuple[str, str]]) -> Path:
+        entries = "".join(
+            f'\n  - {{image_file: p.jpg, prompt: "{p}", negative_prompt: "{n}", seed: 101}}'
+            for p, n in jobs
+        )
+        return write(tmp_path / "m.yaml", f'output: "{template}"\njobs:{entries}\n')
+
+    async def run_command(path: Path) -> RunTotals:
+        args = argparse.Namespace(
+            manifest=path, out=tmp_path / "out", ledger=None, shard=None, shard_count=None,
+            retry_failed=False, concurrency=1, rpm=None, rpm_total=None, max_cost=None,
+            max_attempts=3, timeout=30.0,
+        )  # fmt: skip
+        prepared = commands.prepare(args)
+        config = commands.batch_config(args, prepared, served.url, served.api_key)
+        return (await commands.run_with_progress(config, prepared, bar=False)).totals
+
+    async with emulated() as served:
+        await run_command(manifest("{prompt}.{ext}", [("cat", "dog")]))
+        fillers = [(f"f{i}", f"n{i}") for i in range(20)]  # more than the producer runs ahead
+        jobs = [("x", "cat"), *fillers, ("cat", "dog")]
+        totals = await run_command(manifest("{negative_prompt}.{ext}", jobs))
+    assert totals.skipped_done == 0 and totals.succeeded == len(jobs)
+    assert (tmp_path / "out" / "dog.jpg").exists()
