@@ -93,8 +93,14 @@ class CubicRate:
         self._in_flight += 1
         _push(self._sends, now, self.HISTORY)
 
+    def release(self) -> None:
+        """A slot taken but not used: the caller did not send after all."""
+        self._in_flight = max(0, self._in_flight - 1)
+
     def on_answer(self, sent_at: float | None = None) -> None:
-        """Any answer but a 429: the limit let it through."""
+        """Any answer but a 429: the limit let it through. `sent_at`, given for
+        successes only (a timeout's wait says nothing of the service's pace), feeds
+        the round-trip estimate."""
         now = self._clock()
         _push(self._answers, now, self.HISTORY)
         if sent_at is not None:

@@ -5,6 +5,7 @@ option, its value and the rule broken."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,6 +20,8 @@ def number(
     except ValueError:
         noun = "a whole number" if kind is int else "a number"
         raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number")
     if not ok(value):
         raise argparse.ArgumentTypeError(f"{text} must be {rule}")
     return value

@@ -55,6 +55,12 @@ class Pacer:
                 await self._sleep(delay)
             self.adaptive.take()  # no await since delay() said 0: the slot is ours
 
+    def release_turn(self) -> None:
+        """The turn `wait_turn` gave was not used (the run is stopping, or the budget
+        is spent): the adaptive rate must not count it as in flight."""
+        if self.adaptive is not None:
+            self.adaptive.release()
+
     def now(self) -> float:
         return self._clock()
 
@@ -72,7 +78,7 @@ class Pacer:
         return pause
 
     def answered(self, sent_at: float | None = None) -> None:
-        """The service answered with anything but a 429 (to a request sent at `sent_at`)."""
+        """The service answered with anything but a 429; `sent_at` for a success."""
         self._streak = 0
         if self.adaptive is not None:
             self.adaptive.on_answer(sent_at)

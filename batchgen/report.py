@@ -136,7 +136,11 @@ def render(summary: Summary) -> str:
     if summary.not_finished:
         lines.append(f"unfinished  {summary.not_finished:,} (the next run does them)")
     lines += _money(
-        summary.spent, summary.requests, summary.possibly_billed, summary.remaining_credits
+        summary.spent,
+        summary.requests,
+        summary.possibly_billed,
+        summary.remaining_credits,
+        why="gateway errors, timeouts, crashes",
     )
     if summary.wall_seconds:
         lines.append(f"wall time   {summary.wall_seconds:,.1f}s")
@@ -149,12 +153,13 @@ def render(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-def _money(spent: float, requests: int, maybe: float, credits: str | None) -> list[str]:
+def _money(
+    spent: float, requests: int, maybe: float, credits: str | None, *, why: str
+) -> list[str]:
     """What was paid, what may have been, what is left: the same lines for a ledger's
     report and a run's summary."""
     lines = [f"spent       ${spent:,.2f} over {requests:,} requests"]
     if maybe:
-        why = "gateway errors, timeouts, crashes"
         lines.append(f"maybe       ${maybe:,.2f} possibly billed ({why})")
     if credits is not None:
         lines.append(f"credits     {credits} remaining, as the service said")
@@ -176,7 +181,13 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
     lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
     if totals.not_run:
         lines.append(f"  not run     {totals.not_run:,} (the next run does them)")
-    money = _money(totals.spent, totals.requests, totals.possibly_billed, totals.remaining_credits)
+    money = _money(
+        totals.spent,
+        totals.requests,
+        totals.possibly_billed,
+        totals.remaining_credits,
+        why="502/504, timeouts",
+    )
     lines += [f"  {line}" for line in money]
     lines.append(f"  images      {out}/")
     lines.append(f"  ledger      {ledger_path}")

@@ -151,6 +151,7 @@ class Runner:
                     f"the --max-cost budget of ${self.options.max_cost:.2f} is reached"
                 )
             if self.stopping:
+                self.pacer.release_turn()
                 self.totals.not_run += 1
                 return
             self._reserved += self.price
@@ -215,7 +216,7 @@ class Runner:
             answer = await self.client.generate(self.model, body)
         except ApiError as error:
             if not (isinstance(error, ApiStatusError) and error.status == 429):
-                self.pacer.answered(sent_at)
+                self.pacer.answered()
             billed = _billed(error)
             if billed == "maybe":
                 self.totals.possibly_billed += self.price

@@ -121,3 +121,16 @@ def test_settles_at_an_in_flight_cap(latency: float, seconds: float) -> None:
         cap / latency, workers=32, latency=latency, in_flight_cap=cap, seconds=seconds
     )
     assert achieved >= 0.80 and share_429 < 0.10, (achieved, share_429)
+
+
+def test_slow_start_lets_one_more_in_flight_per_answer_and_a_turn_can_be_given_back() -> None:
+    now = [0.0]
+    rate = CubicRate(clock=lambda: now[0])
+    rate.take()
+    assert rate.delay() > 0  # 8 a second to begin with: the next waits its turn
+    rate.on_answer(sent_at=0.0)  # one answer back: one more may be in flight at once
+    assert rate.delay() == 0
+    rate.take()  # a turn taken, then not used (the run is stopping) ...
+    assert rate.delay() > 0
+    rate.release()  # ... and given back: it does not count as in flight
+    assert rate.delay() == 0

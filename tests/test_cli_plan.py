@@ -100,6 +100,7 @@ def test_missing_manifest_and_bad_flags(project: Path, capsys: pytest.CaptureFix
         (["plan", "m.yaml", "--concurrency", "0"], "argument --concurrency: 0 must be at least 1"),
         (["plan", "m.yaml", "--rpm", "fast"], "argument --rpm: 'fast' is not a number"),
         (["run", "m.yaml", "--max-cost", "-1"], "argument --max-cost: -1 must be 0 or more"),
+        (["run", "m.yaml", "--rpm", "inf"], "argument --rpm: inf must be a finite number"),
         (["emulator", "--fail-502", "2"], "argument --fail-502: 2 must be between 0 and 1"),
         (["emulator", "--latency", "-1"], "argument --latency: -1 must be 0 or more"),
         (["emulator", "--image-scale", "0"], "argument --image-scale: 0 must be in (0, 1]"),
