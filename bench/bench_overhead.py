@@ -3,7 +3,7 @@
 5,000 jobs, zero latency, tiny images, the same emulator process and concurrency
 for both. The bare loop only POSTs and writes the bytes; batchgen keeps its
 ledger (fsync'd), atomic writes, retries, pacing and a progress bar (drawn to
-/dev/null). Three rounds, alternating which side goes first; the verdict is the
+/dev/null). Five rounds, alternating which side goes first; the verdict is the
 median ratio. Target: ratio >= 0.8.
 """
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     images, prompts = 10, 10
     seeds = max(1, args.jobs // (images * prompts))
