@@ -16,7 +16,9 @@ What a request meets, in order:
       406  balance below the price               {"error": "Insufficient credits"}
       ---  upstream: the next scripted status, else a seeded 500/502/504 fault draw
       5xx  after the simulated latency; a billed_504_share of 504s are billed first
-      200  the image (JPEG unless output_format="png"), billed
+      200  the image (JPEG unless output_format="png"), billed; headers x-cost, x-request-id,
+           x-generation-time, x-seed-value, x-remaining-credits (when credits are set) and
+           x-rate-limit-reset-at-utc (when rate-limited: when the bucket is full again)
     GET  /_stats    EmulatorStats as JSON: who paid for what
     POST /_script   a JSON list of statuses, replacing what is left of the script
 
@@ -39,6 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from aiohttp import web
@@ -206,6 +209,12 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._rate
+
+    def full_in(self) -> float:
+        """Seconds until the bucket is full again: when the limit has 'reset'."""
+        elapsed = self._clock() - self._last
+        tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        return (self._capacity - tokens) / self._rate
 
 
 class _Refusal(Exception):
@@ -439,6 +448,10 @@ def _image_response(state: _State, image: bytes, seed: int, elapsed: float) -> w
     left = state.stats.credits_left
     if left is not None:
         headers["x-remaining-credits"] = f"{left:g}"
+    if state.bucket is not None:  # Segmind's docs list it among a success's headers
+        reset = datetime.fromtimestamp(time.time() + state.bucket.full_in(), UTC)
+        stamp = reset.isoformat(timespec="milliseconds")
+        headers["x-rate-limit-reset-at-utc"] = stamp.replace("+00:00", "Z")
     content_type = f"image/{state.config.output_format}"
     return web.Response(body=image, content_type=content_type, headers=headers)
 

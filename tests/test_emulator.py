@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 from PIL import Image
 
-from batchgen import api
+from batchgen import api, retry
 from batchgen.emulator import DEMO_KEY, STATS, EmulatorConfig, fingerprint, make_app
 from batchgen.emulator_image import scaled_size
 from batchgen.emulator_serve import (
@@ -416,6 +416,21 @@ async def test_rate_limit_is_a_token_bucket(
     )
     clock.now += 1.0  # one token back at 60 per minute
     assert [(await post(client))[0] for _ in range(2)] == [200, 429]
+
+
+async def test_a_success_says_when_the_rate_limit_resets(make_client: MakeClient) -> None:
+    clock = FakeClock()
+    client = await make_client(rate_limit_rpm=60, rate_burst=2, clock=clock)
+    waits = []
+    for _ in range(2):
+        status, _, headers = await post(client)
+        assert status == 200
+        waits.append(retry.parse_retry_after(dict(headers)))
+    assert waits[0] == pytest.approx(1.0, abs=0.05)  # one token used, back in 1 s
+    assert waits[1] == pytest.approx(2.0, abs=0.05)  # both used
+    unlimited = await make_client()
+    _, _, headers = await post(unlimited)
+    assert "x-rate-limit-reset-at-utc" not in headers
 
 
 async def test_retry_after_says_when_the_next_token_comes(make_client: MakeClient) -> None:
