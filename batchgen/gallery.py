@@ -14,6 +14,7 @@ except that a success is never forgotten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html import escape
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -236,7 +238,7 @@ class _Page:
             "head": "".join(heads) if keys else '<th data-col="0">result</th>',
             "body": "\n".join(body) or "<tr><td>no jobs in these ledgers yet</td></tr>",
         }  # fmt: skip
-        return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m[1]], _TEMPLATE)  # one pass: no
+        return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m[1]], _page_template())  # one pass: no
         # inserted text is ever read as a placeholder
 
     def row(self, source: tuple[str, str | None], slots: dict[int, Cell], width: int) -> str:
@@ -291,95 +293,8 @@ def _totals(summary: report.Summary) -> str:
     return text
 
 
-_TEMPLATE: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>batchgen gallery</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 0; background: #f4f4f1; color: #222; }
-header { position: sticky; top: 0; z-index: 3; background: #fff; border-bottom: 1px solid #ddd;
-  padding: 10px 16px; display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; }
-h1 { font-size: 16px; margin: 0; } #totals { color: #555; } #shown { color: #777; }
-button { border: 1px solid #bbb; background: #fff; border-radius: 4px; padding: 3px 10px;
-  cursor: pointer; font: inherit; margin-left: 2px; } button.on { background: #333; color: #fff; }
-select { max-width: 280px; font: inherit; }
-table { border-collapse: separate; border-spacing: 6px; margin: 4px 8px; }
-thead th { font-size: 12px; font-weight: 600; text-align: left; vertical-align: bottom; }
-thead th div { max-width: 200px; max-height: 4.2em; overflow: hidden; }
-th.source { position: sticky; left: 0; z-index: 1; background: #f4f4f1; font-size: 12px;
-  min-width: 124px; max-width: 140px; overflow-wrap: anywhere; text-align: left; }
-th.source img { display: block; width: 120px; border-radius: 4px; margin-bottom: 2px; }
-td { width: 200px; height: 200px; padding: 0; text-align: center; vertical-align: middle;
-  background: #fff; border-radius: 6px; box-shadow: 0 1px 2px rgba(0,0,0,.15); }
-td img { width: 200px; height: 200px; object-fit: contain; display: block; }
-td.failed { background: #fdecea; } td.empty, td.off { background: none; box-shadow: none; }
-td.off > * { visibility: hidden; } .gone { display: none; }
-.error { color: #a21; font-size: 12px; padding: 8px; overflow-wrap: anywhere; }
-.pending { color: #888; font-size: 12px; padding: 8px; }
-</style></head>
-<body>
-<header>
-<h1>batchgen gallery</h1><span id="totals">{{totals}}</span>
-<span>Status <button data-status="all">all</button><button data-status="succeeded">succeeded
-</button><button data-status="failed">failed</button><button data-status="pending">pending
-</button></span>
-<label>Prompt <select id="prompt"><option value="">all</option>{{prompts}}</select></label>
-<label>Image <select id="image"><option value="">all</option>{{images}}</select></label>
-<span id="shown"></span>
-</header>
-<table id="grid"><thead><tr><th class="source">source</th>{{head}}</tr></thead><tbody>
-{{body}}
-</tbody></table>
-<script>
-(function () {
-  "use strict";
-  var state = {}, boxes = {prompt: document.getElementById("prompt"),
-                           image: document.getElementById("image")};
-  function read() {  // the filters live in the hash: a filtered view is a shareable link
-    var q = new URLSearchParams(location.hash.slice(1));
-    state = {status: q.get("status") || "all", prompt: q.get("prompt") || "",
-             image: q.get("image") || ""};
-  }
-  function write() {
-    var q = new URLSearchParams();
-    Object.keys(state).forEach(function (k) {
-      if (state[k] && state[k] !== "all") q.set(k, state[k]);
-    });
-    history.replaceState(null, "", "#" + q.toString());
-  }
-  function apply() {
-    var shown = 0, perCol = [];
-    document.querySelectorAll("#grid tbody tr").forEach(function (row) {
-      var inRow = 0, rowOk = !state.image || row.dataset.image === state.image;
-      row.querySelectorAll("td").forEach(function (td) {
-        var ok = rowOk && td.classList.contains("cell") &&
-          (state.status === "all" || td.dataset.status === state.status) &&
-          (!state.prompt || td.dataset.prompt === state.prompt);
-        td.classList.toggle("off", !ok);
-        if (ok) { inRow += 1; perCol[td.dataset.col] = true; }
-      });
-      row.classList.toggle("gone", inRow === 0);
-      shown += inRow;
-    });
-    document.querySelectorAll("[data-col]").forEach(function (el) {
-      el.classList.toggle("gone", !perCol[el.dataset.col]);
-    });
-    document.querySelectorAll("button[data-status]").forEach(function (b) {
-      b.classList.toggle("on", b.dataset.status === state.status);
-    });
-    boxes.prompt.value = state.prompt; boxes.image.value = state.image;
-    document.getElementById("shown").textContent = shown + " shown";
-  }
-  function set(key, value) { state[key] = value; write(); apply(); }
-  document.querySelectorAll("button[data-status]").forEach(function (b) {
-    b.addEventListener("click", function () { set("status", b.dataset.status); });
-  });
-  Object.keys(boxes).forEach(function (k) {
-    boxes[k].addEventListener("change", function () { set(k, boxes[k].value); });
-  });
-  window.addEventListener("hashchange", function () { read(); apply(); });
-  read(); apply();
-})();
-</script>
-</body></html>
-"""
+@functools.cache
+def _page_template() -> str:
+    """The page around the grid: HTML, CSS and the filters' vanilla JS, kept in a file of
+    its own (`gallery_page.html`) where an editor treats it as the HTML it is."""
+    return resources.files("batchgen").joinpath("gallery_page.html").read_text(encoding="utf-8")
