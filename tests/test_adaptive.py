@@ -62,17 +62,27 @@ def simulate(limit: float, *, seconds: float = 60.0, workers: int = 32, latency:
 
 
 @pytest.mark.parametrize(
-    ("limit", "workers", "latency", "seconds"),
+    ("limit", "workers", "latency", "seconds", "max_429"),
     [
-        (5.0, 32, 0.2, 60),  # the bench's hidden limits
-        (20.0, 32, 0.2, 60),
-        (5.0, 8, 0.05, 60),
-        (50 / 60, 8, 11.0, 900),  # Segmind Pro's 50 a minute at the real 11 s latency
+        (5.0, 32, 0.2, 60, 0.05),  # the bench's hidden limits
+        (20.0, 32, 0.2, 60, 0.05),
+        (5.0, 8, 0.05, 60, 0.05),
+        (50 / 60, 8, 11.0, 900, 0.05),  # Segmind Pro's 50 a minute at the real 11 s latency
+        (
+            50 / 60,
+            32,
+            11.0,
+            900,
+            0.08,
+        ),  # ... with far more workers than it needs (19% on rate alone)
+        (5.0, 32, 2.0, 120, 0.08),  # ten in flight needed to reach the limit
     ],
 )
-def test_finds_a_hidden_limit(limit: float, workers: int, latency: float, seconds: float) -> None:
+def test_finds_a_hidden_limit(
+    limit: float, workers: int, latency: float, seconds: float, max_429: float
+) -> None:
     achieved, share_429 = simulate(limit, workers=workers, latency=latency, seconds=seconds)
-    assert achieved >= 0.80 and share_429 < 0.05, (achieved, share_429)
+    assert achieved >= 0.80 and share_429 < max_429, (achieved, share_429)
 
 
 def test_a_fast_service_is_not_held_back() -> None:
@@ -120,7 +130,7 @@ def test_settles_at_an_in_flight_cap(latency: float, seconds: float) -> None:
     achieved, share_429 = simulate(
         cap / latency, workers=32, latency=latency, in_flight_cap=cap, seconds=seconds
     )
-    assert achieved >= 0.80 and share_429 < 0.10, (achieved, share_429)
+    assert achieved >= 0.85 and share_429 < 0.05, (achieved, share_429)
 
 
 def test_slow_start_lets_one_more_in_flight_per_answer_and_a_turn_can_be_given_back() -> None:
