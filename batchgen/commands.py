@@ -17,7 +17,7 @@ from batchgen import api, grid, ledger, manifest, report, retry, shard
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError
 from batchgen.grid import Job
-from batchgen.plan import Plan, make_plan, render, shard_split
+from batchgen.plan import Plan, make_plan, render
 from batchgen.progress import Progress
 from batchgen.runner import RunOptions
 
@@ -54,7 +54,9 @@ def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
     return shard.parse(spec, shard_count=args.shard_count, environ=os.environ)
 
 
-def prepare(args: argparse.Namespace, *, ledger_file: Path | None = None) -> Prepared:
+def prepare(
+    args: argparse.Namespace, *, ledger_file: Path | None = None, split_into: int | None = None
+) -> Prepared:
     loaded = manifest.load(args.manifest)
     owned = resolve_shard(args)
     out: Path | None = getattr(args, "out", None)
@@ -76,6 +78,7 @@ def prepare(args: argparse.Namespace, *, ledger_file: Path | None = None) -> Pre
         concurrency=getattr(args, "concurrency", None),
         rpm=rate_limit(args, owned),
         shard=str(owned) if owned else None,
+        split_into=split_into if owned is None else None,
     )
     return Prepared(loaded, owned, ledger_path, state, plan)
 
@@ -100,11 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             line = {"job_id": job.job_id, "output": job.output, "params": grid.describe(job.params)}
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
         return EXIT_OK
-    prepared = prepare(args, ledger_file=args.ledger)
-    plan = prepared.plan
-    if args.shard_count and prepared.shard is None:
-        split = shard_split(grid.expand(prepared.manifest), prepared.state, args.shard_count)
-        plan = plan.with_split(split)
+    plan = prepare(args, ledger_file=args.ledger, split_into=args.shard_count).plan
     print(json.dumps(plan.as_dict()) if args.json else render(plan))
     return EXIT_OK
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batchgen import api
@@ -33,20 +33,6 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def with_split(self, split: list[dict[str, int]]) -> Plan:
-        return replace(self, shards=split)
-
-
-def shard_split(jobs: Iterable[Job], state: LedgerState, count: int) -> list[dict[str, int]]:
-    """Jobs and jobs still to run in each of `count` shards, in one pass."""
-    split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(count)]
-    for job in jobs:
-        entry = split[shard_of(job.job_id, count) - 1]
-        entry["jobs"] += 1
-        if not state.is_done(job.job_id):
-            entry["to_run"] += 1
-    return split
 
 
 def estimate_seconds(
@@ -76,16 +62,24 @@ def make_plan(
     concurrency: int | None = None,
     rpm: float | None = None,
     shard: str | None = None,
+    split_into: int | None = None,
 ) -> Plan:
+    """Counts in one pass over the jobs; with `split_into` N, also the jobs and the jobs
+    still to run in each of N shards (what `plan --shard-count N` shows)."""
     total = done = failed = 0
+    split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(split_into or 0)]
     for job in jobs:
         total += 1
-        if job.job_id not in state.records:
-            continue
-        if state.is_done(job.job_id):
+        known = job.job_id in state.records
+        finished = known and state.is_done(job.job_id)
+        if finished:
             done += 1
-        elif not retry_failed and state.failed_for_good(job.job_id):
+        elif known and not retry_failed and state.failed_for_good(job.job_id):
             failed += 1
+        if split:
+            entry = split[shard_of(job.job_id, len(split)) - 1]
+            entry["jobs"] += 1
+            entry["to_run"] += not finished
     to_run = total - done - failed
     return Plan(
         manifest=manifest,
@@ -99,6 +93,7 @@ def make_plan(
         estimated_cost=round(to_run * price, 6),
         estimated_seconds=estimate_seconds(to_run, concurrency=concurrency, rpm=rpm),
         shard=shard,
+        shards=split,
     )
 
 
