@@ -202,19 +202,21 @@ class TokenBucket:
 
     def take(self) -> float:
         """0.0 when a token was taken, else the seconds until one will be available."""
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
+        if self._refill() >= 1.0:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / self._rate
 
     def full_in(self) -> float:
         """Seconds until the bucket is full again: when the limit has 'reset'."""
-        elapsed = self._clock() - self._last
-        tokens = min(self._capacity, self._tokens + elapsed * self._rate)
-        return (self._capacity - tokens) / self._rate
+        return (self._capacity - self._refill()) / self._rate
+
+    def _refill(self) -> float:
+        """Add what has dripped in since the last look; the tokens now held."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        return self._tokens
 
 
 class _Refusal(Exception):
