@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections import Counter
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchgen import commands, ledger, report
-from batchgen.cli import main
+from batchgen.cli import build_parser, main
 from batchgen.runner import RunTotals
 from tests.helpers import make_image, write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
@@ -199,11 +198,8 @@ async def test_an_output_replaced_mid_run_is_not_taken_as_done(tmp_path: Path) -
         return write(tmp_path / "m.yaml", f'output: "{template}"\njobs:{entries}\n')
 
     async def run_command(path: Path) -> RunTotals:
-        args = argparse.Namespace(
-            manifest=path, out=tmp_path / "out", ledger=None, shard=None, shard_count=None,
-            retry_failed=False, concurrency=1, rpm=None, rpm_total=None, max_cost=None,
-            max_attempts=3, timeout=30.0,
-        )  # fmt: skip
+        out = str(tmp_path / "out")
+        args = build_parser().parse_args(["run", str(path), "--out", out, "--concurrency", "1"])
         prepared = commands.prepare(args)
         config = commands.batch_config(args, prepared, served.url, served.api_key)
         return (await commands.run_with_progress(config, prepared, bar=False)).totals
