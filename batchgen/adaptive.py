@@ -74,7 +74,7 @@ class CubicRate:
         self._refused: deque[float] = deque()  # when the requests answered 429 were sent
         self._in_flight = 0
         self._round_trip = 0.0  # smoothed seconds from send to answer (as TCP's SRTT)
-        self._window = 0  # slow start: in flight allowed beyond the rate's say
+        self._slow_start_allowance = 0  # slow start: in flight allowed beyond the rate's say
         self._ceiling = math.inf  # after a 429: no more in flight than this
 
     def delay(self) -> float:
@@ -88,7 +88,7 @@ class CubicRate:
             window = min(max(elapsed, self.RAMP_EVERY_S), 1.0)
             by_answers = self.MAX_GROWTH * _count_since(self._answers, now - window) / window
             self.rate = max(by_time, by_answers)
-        if not self.throttled and self._in_flight < self._window:
+        if not self.throttled and self._in_flight < self._slow_start_allowance:
             return 0.0
         wait = max(0.0, self._scheduled + 1.0 / self.rate - self.TOLERANCE_S - now)
         if self._in_flight + 1 > self._ceiling:  # full: ask again about when one answers
@@ -121,7 +121,7 @@ class CubicRate:
                 sample if not self._round_trip else (0.875 * self._round_trip + 0.125 * sample)
             )
         self._in_flight = max(0, self._in_flight - 1)
-        self._window += 1
+        self._slow_start_allowance += 1
         if self.throttled:
             self._ceiling += self.CEILING_GROWTH / self._ceiling
             phase = (now - self._last_cut - self._k) / self._k
