@@ -189,16 +189,17 @@ class LedgerState:
         twice, while a file replaced in between (by another job whose output path now
         falls on it, say) is still caught."""
         record = self.records.get(job_id)
-        if record is None or record.status != "succeeded" or record.output_path is None:
+        path = record.output_path if record is not None else None
+        if record is None or record.status != "succeeded" or path is None:
             return False
         try:
-            seen = os.stat(record.output_path)
+            seen = os.stat(path)
         except OSError:
             return False
         key = hash((seen.st_ino, seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns))
         if record.checked != key:
             same_size = record.size is None or seen.st_size == record.size
-            record.intact = same_size and _digest_matches(record)
+            record.intact = same_size and _digest_matches(path, record.sha256)
             record.checked = key
         return record.intact
 
@@ -207,15 +208,12 @@ class LedgerState:
         return record is not None and record.status == "failed" and not record.retryable
 
 
-def _digest_matches(record: JobRecord) -> bool:
-    path = record.output_path
-    if path is None:
-        return False
+def _digest_matches(path: Path, sha256: str | None) -> bool:
     try:
         data = path.read_bytes()
     except OSError:
         return False
-    return record.sha256 is None or hashlib.sha256(data).hexdigest() == record.sha256
+    return sha256 is None or hashlib.sha256(data).hexdigest() == sha256
 
 
 def load_state(paths: Iterable[Path]) -> LedgerState:
