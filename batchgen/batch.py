@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchgen import events, retry
+from batchgen import events, outputs, retry
 from batchgen.client import Client, make_session
+from batchgen.errors import LedgerError
 from batchgen.grid import Job
 from batchgen.images import EncodedImages
 from batchgen.ledger import LedgerState, LedgerWriter
@@ -62,6 +63,8 @@ async def run_batch(
         LedgerWriter(config.ledger_path) as ledger,
         make_session(config.options.concurrency, timeout=config.timeout) as session,
     ):
+        if config.ledger_path in state.cut:  # the last run was killed: its temp files stay
+            await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
         runner = Runner(
             model=config.manifest.model,
@@ -87,10 +90,13 @@ async def run_batch(
                 await runner.drain()  # what was answered is still written and counted
         totals = runner.totals
         end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": totals.stopped}
-        await ledger.write(
-            {**end, "succeeded": totals.succeeded, "failed": totals.failed,
-             "spent": round(totals.spent, 6)}
-        )  # fmt: skip
+        try:
+            await ledger.write(
+                {**end, "succeeded": totals.succeeded, "failed": totals.failed,
+                 "spent": round(totals.spent, 6)}
+            )  # fmt: skip
+        except LedgerError as err:  # the summary still tells what was paid
+            totals.stopped = totals.stopped or str(err)
     return BatchResult(totals, time.monotonic() - began, run_id)
 
 

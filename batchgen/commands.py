@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchgen import api, grid, ledger, manifest, report, retry, shard
+from batchgen import api, grid, ledger, manifest, outputs, report, retry, shard
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError
 from batchgen.grid import Job
@@ -83,6 +83,12 @@ def prepare(
     return Prepared(loaded, owned, ledger_path, state, plan)
 
 
+def check_room(out: Path, images: int) -> None:
+    """Before the first request: --out can be written and has room to start."""
+    if images and (problem := outputs.room_problem(out, images)) is not None:
+        raise InputError(f"{problem}; nothing sent")
+
+
 def _empty_plan() -> Plan:
     return Plan("", "", 0.0, {}, 0, 0, 0, 0, 0.0, None)
 
@@ -131,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     key = api_key(args)
     api_base = args.api_base or os.environ.get("SEGMIND_API_BASE") or api.API_BASE
     prepared = prepare(args, ledger_file=args.ledger)
+    check_room(args.out, prepared.plan.to_run)
     config = batch_config(args, prepared, api_base, key)
     result = execute(config, prepared, bar=not args.no_progress)
     return finish(args, config, result, prepared.plan.jobs)
@@ -194,7 +201,7 @@ async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: boo
 def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, jobs: int) -> int:
     totals = result.totals
     resume = None
-    if totals.stopped or totals.failed:
+    if totals.stopped or totals.failed or totals.skipped_failed:
         words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
         if getattr(args, "ledger", None):
             words += ["--ledger", str(args.ledger)]
@@ -205,7 +212,7 @@ def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, j
     print(f"  gallery     {refresh_gallery(config.out, jobs)}")
     if totals.stopped:
         return EXIT_STOPPED
-    return EXIT_FAILED if totals.failed else EXIT_OK
+    return EXIT_FAILED if totals.failed or totals.skipped_failed else EXIT_OK
 
 
 def ledger_files(given: list[Path]) -> list[Path]:

@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     args.retry_failed = False
     prepared = commands.prepare(args)
     loaded, plan = prepared.manifest, prepared.plan
+    commands.check_room(args.out, plan.to_run)
     config = emulator.EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
     print(f"batchgen demo: {plan.jobs} jobs from {loaded.display}, ${plan.estimated_cost:.2f} "
           "at list price, against the bundled emulator (no key, no network, no bill)")  # fmt: skip

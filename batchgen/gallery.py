@@ -63,7 +63,7 @@ class Cell:
             http = record.get("http_status")
             self.status = "failed"
             self.error = f"HTTP {http}: {record.get('error')}" if http else str(record.get("error"))
-        elif status in ("started", "interrupted"):
+        elif status in ("started", "interrupted", "unwritten"):
             self.status = "pending"
 
 

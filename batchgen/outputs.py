@@ -96,10 +96,10 @@ def confine(root: str, relative: str) -> str:
     return target
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, tag: str = "batchgen") -> None:
     """Temp file in the same folder, fsync, rename, fsync the folder: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = stage(str(path), data)
+    staged = stage(str(path), data, tag)
     try:
         os.fsync(staged.fd)
     finally:
@@ -108,10 +108,56 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(str(path.parent))
 
 
-def temp_name(path: str) -> str:
-    """Unique to this process and file (one writer per output path): no random names."""
+PART_SUFFIX: Final = ".part"
+
+
+def temp_name(path: str, tag: str) -> str:
+    """`.NAME.TAG.part` beside `path`. One writer owns a tag at a time (the run holding
+    its ledger's lock) and one job owns a path, so the name needs no randomness, and
+    a later run of the same ledger can tell its own leftovers from a live shard's."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{os.getpid()}.part")
+    return os.path.join(folder, f".{name}.{tag}{PART_SUFFIX}")
+
+
+def remove_stale_parts(out: str, tag: str) -> int:
+    """Blocking: delete the temp files a killed run of this ledger left under `out`
+    (the lock says none of this tag is being written now). Returns how many."""
+    suffix = f".{tag}{PART_SUFFIX}"
+    removed = 0
+    for folder, _, names in os.walk(out):
+        for name in names:
+            if name.startswith(".") and name.endswith(suffix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
+PREFLIGHT_IMAGES: Final = 4  # a run must have room for its first few images ...
+PREFLIGHT_IMAGE_BYTES: Final = 2 * 1024 * 1024  # ... each at most this (1536x1536 JPEG: ~1 MB)
+
+
+def room_problem(out: Path, images: int) -> str | None:
+    """Why `out` cannot take the first `images` images (not writable, too full), or None.
+
+    Checked before the first request, so a machine problem is found while nothing is
+    paid for yet; the writer still handles a disk that fills up later."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".batchgen-probe-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+        stat = os.statvfs(out)
+    except OSError as err:
+        return f"{out}: cannot write the output folder: {err.strerror}"
+    free = stat.f_bavail * stat.f_frsize
+    need = min(images, PREFLIGHT_IMAGES) * PREFLIGHT_IMAGE_BYTES
+    if free < need:
+        return (
+            f"{out}: only {free / 1e6:.1f} MB free; the first {min(images, PREFLIGHT_IMAGES)} "
+            f"images need about {need / 1e6:.0f} MB"
+        )
+    return None
 
 
 @dataclass(slots=True)
@@ -123,9 +169,9 @@ class Staged:
     fd: int
 
 
-def stage(path: str, data: bytes) -> Staged:
+def stage(path: str, data: bytes, tag: str) -> Staged:
     """Write `data` beside `path` under a temp name, not yet durable."""
-    tmp = temp_name(path)
+    tmp = temp_name(path, tag)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)

@@ -33,6 +33,7 @@ class Summary:
     succeeded: int = 0
     failed: int = 0
     not_finished: int = 0  # started or interrupted, never finished: the next run does them
+    unwritten: int = 0  # paid for, never written (full disk…): the next run does them again
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0
@@ -95,7 +96,7 @@ def _account(summary: Summary, job: _Job, record: dict[str, Any]) -> None:
         job.status = "succeeded"
         credits = record.get("headers", {}).get("x-remaining-credits")
         summary.remaining_credits = credits or summary.remaining_credits
-    elif status in ("failed", "interrupted") and job.status != "succeeded":
+    elif status in ("failed", "interrupted", "unwritten") and job.status != "succeeded":
         job.status = status
         job.error, job.http_status = record.get("error"), record.get("http_status")
         job.retryable = bool(record.get("retryable", True))
@@ -117,12 +118,17 @@ def _finish(summary: Summary, jobs: dict[str, _Job]) -> None:
                  "image": image.get("path") if isinstance(image, dict) else image,
                  "prompt": job.params.get("prompt"), "seed": job.params.get("seed")}
             )  # fmt: skip
+        elif job.status == "unwritten":
+            summary.unwritten += 1
         else:
             summary.not_finished += 1
     summary.jobs = len(jobs)
     summary.failures = dict(failures.most_common())
     summary.spent = round(summary.spent, 6)
     summary.possibly_billed = round(summary.possibly_billed, 6)
+
+
+UNWRITTEN = "paid for but not written (see the error above); the next run pays for them again"
 
 
 def render(summary: Summary) -> str:
@@ -135,6 +141,8 @@ def render(summary: Summary) -> str:
     lines += [f"  {count:>6}  {reason}" for reason, count in summary.failures.items()]
     if summary.not_finished:
         lines.append(f"unfinished  {summary.not_finished:,} (the next run does them)")
+    if summary.unwritten:
+        lines.append(f"unwritten   {summary.unwritten:,} {UNWRITTEN}")
     lines += _money(
         summary.spent,
         summary.requests,
@@ -179,6 +187,10 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
         + (f" ({totals.skipped_failed:,} failed before, skipped)" if totals.skipped_failed else ""),
     ]
     lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
+    if totals.skipped_failed:
+        lines.append("              (--retry-failed runs the jobs that failed before again)")
+    if totals.unwritten:
+        lines.append(f"  unwritten   {totals.unwritten:,} {UNWRITTEN}")
     if totals.not_run:
         lines.append(f"  not run     {totals.not_run:,} (the next run does them)")
     money = _money(

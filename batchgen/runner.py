@@ -4,8 +4,13 @@ One producer walks the jobs (skipping what the ledger says is done) into a
 bounded queue, so memory stays flat however many jobs there are; N workers
 take jobs off it, wait their turn with the shared `Pacer`, and record every
 step in the ledger. A run-stopping answer (bad key, unknown model, no credits),
-the budget, the retry budget or a signal sets one flag: nothing new is sent,
-in-flight requests finish and are recorded.
+the budget, the retry budget, a failed write or a signal sets one flag: nothing
+new is sent, in-flight requests finish and are recorded.
+
+Money invariant: a worker sends its next request only once its previous answer is
+durable (the image in place and its line fsync'd), so at any instant at most
+`concurrency` requests may have been billed without a durable record of their
+outcome; a kill -9 can cost at most that many images paid twice.
 """
 
 from __future__ import annotations
@@ -23,14 +28,12 @@ from typing import Any
 
 from batchgen import api, events, metadata, outputs, retry
 from batchgen.client import Answer, Client
-from batchgen.errors import ApiError, ApiStatusError, TransportError
+from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
-from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
+from batchgen.ledger import unwritten as ledger_unwritten
 from batchgen.pacing import Pacer, RetryBudget, Sleep
-
-UNCOMMITTED_PER_WORKER = 16  # images a worker may leave to the ledger's next commits ...
-UNCOMMITTED_MAX_BYTES = 64 * 1024 * 1024  # ... within this much memory
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class RunTotals:
     skipped_done: int = 0
     skipped_failed: int = 0
     not_run: int = 0  # left for the next run when this one stopped early
+    unwritten: int = 0  # paid for, but the image could not be written
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0
@@ -82,8 +86,6 @@ class Runner:
         self.emit, self.sleep, self.rng = on_event, sleep, rng or random.Random()
         self.totals = RunTotals()
         self._reserved = 0.0  # price of requests in flight, for the cost cap
-        self._uncommitted = 0  # images handed to the ledger, not yet on disk
-        self._uncommitted_bytes = 0
         self._root = str(out.resolve())
         where = PurePosixPath(os.path.relpath(out, ledger.path.parent)).as_posix()
         self._out_from_ledger = "" if where == "." else where + "/"  # outputs, as the ledger says
@@ -154,8 +156,15 @@ class Runner:
                 self.pacer.release_turn()
                 self.totals.not_run += 1
                 return
-            self._reserved += self.price
             attempt += 1
+            if not self._note(
+                {"job_id": job.job_id, "status": "started", "attempt": attempt,
+                 "price": self.price, "params": params}
+            ):  # fmt: skip
+                self.pacer.release_turn()  # no evidence of the request, so no request
+                self.totals.not_run += 1
+                return
+            self._reserved += self.price
             outcome = await self._attempt(job, params, body, attempt)
             if outcome is None:
                 return
@@ -206,10 +215,6 @@ class Runner:
         try:
             if attempt == 1:
                 self.budget.first_attempt()
-            self.ledger.append_now(
-                {"job_id": job.job_id, "status": "started", "attempt": attempt,
-                 "price": self.price, "params": params}
-            )  # fmt: skip
             self.emit(events.JobStarted(job.job_id, attempt))
             self.totals.requests += 1
             sent_at = self.pacer.now()
@@ -242,7 +247,6 @@ class Runner:
         self, job: Job, params: dict[str, Any], answer: Answer, attempt: int
     ) -> None:
         relative = outputs.final_path(job.output, api.EXTENSIONS[answer.format])
-        target = outputs.confine(self._root, relative)
         body = metadata.embed(answer.body, answer.format, self._provenance(job, params, answer))
         if "x-remaining-credits" in answer.headers:
             self.totals.remaining_credits = answer.headers["x-remaining-credits"]
@@ -258,19 +262,18 @@ class Runner:
             "headers": dict(answer.headers),
             "params": params,
         }
-        # The file is put in place first, then the line, by the ledger's next group commit;
-        # this worker goes on to its next request meanwhile, unless too many wait.
-        committed = self.ledger.submit(record, output=(target, body))
-        committed.add_done_callback(
-            functools.partial(self._committed, job.job_id, output, len(body))
-        )
-        self._uncommitted += 1
-        self._uncommitted_bytes += len(body)
-        if (
-            self._uncommitted > UNCOMMITTED_PER_WORKER * self.options.concurrency
-            or self._uncommitted_bytes > UNCOMMITTED_MAX_BYTES
-        ):
-            await asyncio.shield(committed)  # backpressure: memory stays bounded
+        try:
+            target = outputs.confine(self._root, relative)
+        except ValueError as err:  # checked before sending; never lose the paid image's record
+            failure = WriteFailure(relative, OSError(0, str(err)))
+            committed = self.ledger.submit(ledger_unwritten(record, failure))
+        else:
+            # The file is put in place first, then the line, by the ledger's next group
+            # commit (shared with other workers). This worker sends nothing more until
+            # both are durable: the money invariant.
+            committed = self.ledger.submit(record, output=(target, body))
+        committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
+        await asyncio.wait([committed])  # not cancelled with the worker: still counted
 
     def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
         """What the image file itself will remember (never the key)."""
@@ -280,14 +283,19 @@ class Runner:
         return {**params, "seed": seed, "model": self.model, "job_id": job.job_id,
                 "source": source}  # fmt: skip
 
-    def _committed(self, job_id: str, output: str, size: int, done: asyncio.Future[None]) -> None:
-        self._uncommitted -= 1
-        self._uncommitted_bytes -= size
+    def _committed(
+        self, job_id: str, output: str, done: asyncio.Future[WriteFailure | None]
+    ) -> None:
         error = done.exception()
-        if error is not None:
-            self.totals.failed += 1
-            self.totals.failures[f"cannot write the output: {error}"] += 1
-            self.request_stop(f"cannot write outputs or the ledger: {error}")
+        if error is not None:  # the ledger itself cannot be written: the image is unrecorded
+            self.totals.unwritten += 1
+            self.request_stop(str(error))
+            return
+        failure = done.result()
+        if failure is not None:
+            self.totals.unwritten += 1
+            self.request_stop(f"cannot write {failure}")
+            self.emit(events.JobFinished(job_id, False, self.price, error=str(failure)))
             return
         self.totals.succeeded += 1
         self.emit(events.JobFinished(job_id, True, self.price, output=output))
@@ -301,12 +309,29 @@ class Runner:
     ) -> None:
         """Close the attempt in the ledger: what went wrong and whether it may have cost."""
         status, message = _describe_error(error)
-        self.ledger.append_now(
+        self._note(
             {"job_id": job.job_id, "status": "retry", "attempt": attempt, "http_status": status,
              "error": message, "billed": billed, "cost": self._cost(billed), "delay": delay}
         )  # fmt: skip
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
+
+    def _note(self, record: dict[str, Any]) -> bool:
+        """A line that need not wait for the disk (`started`, `retry`); False, and the run
+        stops, when the ledger cannot take it."""
+        try:
+            self.ledger.append_now(record)
+        except LedgerError as err:
+            self.request_stop(str(err))
+            return False
+        return True
+
+    async def _record(self, record: dict[str, Any]) -> None:
+        """A line that must be on disk before going on; a ledger that fails stops the run."""
+        try:
+            await self.ledger.write(record)
+        except LedgerError as err:
+            self.request_stop(str(err))
 
     def _cost(self, billed: str) -> float:
         return self.price if billed in ("maybe", "billed") else 0.0
@@ -322,7 +347,7 @@ class Runner:
         retryable: bool,
     ) -> None:
         status, message = _describe_error(error)
-        await self.ledger.write(
+        await self._record(
             {
                 "job_id": job.job_id,
                 "status": "failed",
@@ -344,7 +369,7 @@ class Runner:
     ) -> None:
         """Not the job's failure: the run stopped around it; the next run does it."""
         status, message = _describe_error(error)
-        await self.ledger.write(
+        await self._record(
             {"job_id": job.job_id, "status": "interrupted", "http_status": status,
              "error": message, "billed": billed, "cost": self._cost(billed), "params": params}
         )  # fmt: skip

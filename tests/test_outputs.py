@@ -38,14 +38,14 @@ def test_a_commit_puts_every_file_in_place(tmp_path: Path, count: int) -> None:
     (tmp_path / "d0").mkdir()
     (tmp_path / "d0" / "f0.jpg").write_bytes(b"an older, lost attempt")
 
-    async def commit() -> None:  # submitted together: one batch, as under load
+    async def commit() -> list[ledger.WriteFailure | None]:  # together: one batch, as under load
         async with ledger.LedgerWriter(tmp_path / "ledger.jsonl") as writer:
-            await asyncio.gather(
-                *(writer.write({"job_id": f"j{i}", "status": "succeeded"}, output=item)
-                  for i, item in enumerate(files))
+            return await asyncio.gather(
+                *(writer.submit({"job_id": f"j{i}", "status": "succeeded"}, output=(str(p), d))
+                  for i, (p, d) in enumerate(files))
             )  # fmt: skip
 
-    asyncio.run(commit())
+    assert asyncio.run(commit()) == [None] * count
     for path, data in files:
         assert path.read_bytes() == data
     assert not list(tmp_path.rglob("*.part"))
