@@ -15,7 +15,7 @@ from pathlib import Path
 
 from batchgen import api, grid, ledger, manifest, outputs, report, retry, shard
 from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.errors import InputError
+from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
 from batchgen.plan import Plan, make_plan, render
 from batchgen.progress import Progress
@@ -67,12 +67,15 @@ def prepare(
         paths |= {*ledger.ledgers_in(out), ledger_path}  # resume sees every shard's work
     state = ledger.load_state(sorted(paths))
     prepared = Prepared(loaded, owned, ledger_path, state, _empty_plan())
+    jobs = prepared.jobs(check_paths=True)  # drained once: collisions found before sending
+    if out is not None and (owners := state.owners(out)):
+        jobs = _not_owned_by_others(jobs, owners, out, loaded.display)
     plan = make_plan(
         manifest=loaded.display,
         model=loaded.model,
         price=loaded.price,
         axes=grid.axis_sizes(loaded),
-        jobs=prepared.jobs(check_paths=True),  # drained once: collisions found before sending
+        jobs=jobs,
         state=state,
         retry_failed=getattr(args, "retry_failed", False),
         concurrency=getattr(args, "concurrency", None),
@@ -81,6 +84,38 @@ def prepare(
         split_into=split_into if owned is None else None,
     )
     return Prepared(loaded, owned, ledger_path, state, plan)
+
+
+MAX_OWNER_PROBLEMS = 10  # a whole folder of them says the same thing
+
+
+def _not_owned_by_others(
+    jobs: Iterator[Job], owners: dict[str, tuple[str, ledger.JobRecord]], out: Path, display: str
+) -> Iterator[Job]:
+    """The jobs, checked against the images the ledgers in `out` already own: another
+    manifest (or an edited one) writing over a paid image would pay for it again each
+    night. Raises InputError at the end, naming both jobs and both manifests."""
+    extensions = sorted(set(api.EXTENSIONS.values()))
+    problems: list[str] = []
+    for job in jobs:
+        for ext in extensions:
+            path = outputs.final_path(job.output, ext)
+            owner = owners.get(path)
+            if owner is None or owner[0] == job.job_id:
+                continue
+            other, record = owner
+            if record.output_path is None or not record.output_path.exists():
+                continue
+            problems.append(
+                f"{display}: job {job.job_id[:12]} would overwrite {out / path}, the image of "
+                f"job {other[:12]} from {record.manifest or 'an earlier run'}; use another "
+                "--out, or put {job_id} in the output template"
+            )
+        yield job
+    if problems:
+        more = len(problems) - MAX_OWNER_PROBLEMS
+        shown = problems[:MAX_OWNER_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+        raise InputError([Problem("", "output", text) for text in shown])
 
 
 def check_room(out: Path, images: int) -> None:

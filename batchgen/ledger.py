@@ -205,14 +205,16 @@ class LedgerState:
         """Every output path under `out` (relative to it) that a recorded success owns,
         with the job that owns it: another job's image must never overwrite it."""
         root = os.path.abspath(out)
+        prefixes: dict[Path, str | None] = {}  # a ledger's folder, as seen from `out`
         owned: dict[str, tuple[str, JobRecord]] = {}
         for job_id, record in self.records.items():
-            path = record.output_path
-            if record.status != "succeeded" or path is None:
+            if record.status != "succeeded" or record.output is None or record.folder is None:
                 continue
-            relative = os.path.relpath(os.path.abspath(path), root)
-            if not relative.startswith(".."):
-                owned[relative] = (job_id, record)
+            if (prefix := prefixes.get(record.folder, "")) == "":
+                where = os.path.relpath(os.path.abspath(record.folder), root)
+                prefix = prefixes[record.folder] = None if where.startswith("..") else where
+            if prefix is not None:
+                owned[os.path.normpath(os.path.join(prefix, record.output))] = (job_id, record)
         return owned
 
     def is_done(self, job_id: str) -> bool:

@@ -266,12 +266,13 @@ class Runner:
             target = outputs.confine(self._root, relative)
         except ValueError as err:  # checked before sending; never lose the paid image's record
             failure = WriteFailure(relative, OSError(0, str(err)))
-            committed = self.ledger.submit(ledger_unwritten(record, failure))
-        else:
-            # The file is put in place first, then the line, by the ledger's next group
-            # commit (shared with other workers). This worker sends nothing more until
-            # both are durable: the money invariant.
-            committed = self.ledger.submit(record, output=(target, body))
+            await self._record(ledger_unwritten(record, failure))
+            self._unwritten(job.job_id, failure)
+            return
+        # The file is put in place first, then the line, by the ledger's next group
+        # commit (shared with other workers). This worker sends nothing more until
+        # both are durable: the money invariant.
+        committed = self.ledger.submit(record, output=(target, body))
         committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
         await asyncio.wait([committed])  # not cancelled with the worker: still counted
 
@@ -293,12 +294,16 @@ class Runner:
             return
         failure = done.result()
         if failure is not None:
-            self.totals.unwritten += 1
-            self.request_stop(f"cannot write {failure}")
-            self.emit(events.JobFinished(job_id, False, self.price, error=str(failure)))
+            self._unwritten(job_id, failure)
             return
         self.totals.succeeded += 1
         self.emit(events.JobFinished(job_id, True, self.price, output=output))
+
+    def _unwritten(self, job_id: str, failure: WriteFailure) -> None:
+        """A paid image that could not be written: the first one stops the run."""
+        self.totals.unwritten += 1
+        self.request_stop(f"cannot write {failure}")
+        self.emit(events.JobFinished(job_id, False, self.price, error=str(failure)))
 
     async def drain(self) -> None:
         """Wait for every image handed to the ledger to be on disk and counted."""

@@ -14,6 +14,7 @@ from batchgen import api, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.emulator import EmulatorConfig, fingerprint
 from batchgen.emulator_serve import RunningEmulator, running_emulator
+from batchgen.grid import Job
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.runner import RunOptions
 from tests.helpers import make_image, write
@@ -68,6 +69,7 @@ async def run(
     key: str | None = None,
     sleep: FakeSleep | None = None,
     rpm: float | None = None,
+    jobs: list[Job] | None = None,
     **options: Any,
 ) -> BatchResult:
     loaded = manifest.load(manifest_path)
@@ -83,7 +85,8 @@ async def run(
         rpm=rpm,
     )
     kwargs: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
-    return await run_batch(config, grid.expand(loaded), state, handle_signals=False, **kwargs)
+    todo = grid.expand(loaded) if jobs is None else jobs
+    return await run_batch(config, todo, state, handle_signals=False, **kwargs)
 
 
 def lines(out: Path) -> list[dict[str, Any]]:
