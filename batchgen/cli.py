@@ -5,7 +5,7 @@ Exit codes:
   1  the run finished but some jobs failed
   2  bad input or usage: nothing was sent
   3  the run stopped early and can be resumed (bad key, no credits, unknown model,
-     budget reached, interrupted)
+     budget reached, interrupted), or did not start: another run holds its ledger
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from batchgen import __version__, api, commands, retry
 from batchgen.argtypes import non_negative, positive, positive_int
-from batchgen.commands import EXIT_OK, EXIT_USAGE
-from batchgen.errors import InputError, LedgerError
+from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
+from batchgen.errors import InputError, LedgerError, LockedError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,6 +107,13 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    run.add_argument(
+        "--wait-lock",
+        type=non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="if another run holds the ledger, wait this long for it (default 0: exit 3 at once)",
+    )
     _add_shard_options(run)
     run.add_argument(
         "--rpm-total", type=positive, help="the key's rate limit, divided among the shards"
@@ -168,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LedgerError as err:
         print(f"batchgen: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except LockedError as err:  # another run holds the ledger: retrying later resumes
+        print(f"batchgen: {err}", file=sys.stderr)
+        return EXIT_STOPPED
     except BrokenPipeError:  # `batchgen plan --list | head`
         sys.stderr.close()
         return EXIT_OK

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchgen import api, grid, ledger, manifest, outputs, report, retry, shard
+from batchgen import api, grid, ledger, manifest, outputs, report, retry, runlock, shard
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
@@ -60,8 +60,7 @@ def prepare(
     loaded = manifest.load(args.manifest)
     owned = resolve_shard(args)
     out: Path | None = getattr(args, "out", None)
-    name = owned.ledger_name if owned else ledger.DEFAULT_NAME
-    ledger_path = ledger_file or (out / name if out else Path(name))
+    ledger_path = written_ledger(owned, out, ledger_file)
     paths = {ledger_path} if ledger_file else set()
     if out is not None:
         paths |= {*ledger.ledgers_in(out), ledger_path}  # resume sees every shard's work
@@ -124,6 +123,12 @@ def check_room(out: Path, images: int) -> None:
         raise InputError(f"{problem}; nothing sent")
 
 
+def written_ledger(owned: shard.Shard | None, out: Path | None, given: Path | None) -> Path:
+    """The one ledger a run appends to (and locks): --ledger, else its shard's under --out."""
+    name = owned.ledger_name if owned else ledger.DEFAULT_NAME
+    return given or (out / name if out else Path(name))
+
+
 def _empty_plan() -> Plan:
     return Plan("", "", 0.0, {}, 0, 0, 0, 0, 0.0, None)
 
@@ -171,11 +176,17 @@ def api_key(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     key = api_key(args)
     api_base = args.api_base or os.environ.get("SEGMIND_API_BASE") or api.API_BASE
-    prepared = prepare(args, ledger_file=args.ledger)
-    check_room(args.out, prepared.plan.to_run)
-    config = batch_config(args, prepared, api_base, key)
-    result = execute(config, prepared, bar=not args.no_progress)
+    written = written_ledger(resolve_shard(args), args.out, args.ledger)
+    with runlock.hold(written, wait=args.wait_lock, on_wait=_tell):  # before any state is read
+        prepared = prepare(args, ledger_file=args.ledger)
+        check_room(args.out, prepared.plan.to_run)
+        config = batch_config(args, prepared, api_base, key)
+        result = execute(config, prepared, bar=not args.no_progress)
     return finish(args, config, result, prepared.plan.jobs)
+
+
+def _tell(line: str) -> None:
+    print(f"batchgen: {line}", file=sys.stderr, flush=True)
 
 
 GALLERY_AUTO_MAX_JOBS = 5000  # above this, a contact sheet is made on request only

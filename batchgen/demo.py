@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from batchgen import commands, emulator, emulator_serve
+from batchgen import commands, emulator, emulator_serve, runlock
 from batchgen.batch import BatchConfig, BatchResult
 
 
 def run(args: argparse.Namespace) -> int:
     args.ledger = None
     args.retry_failed = False
+    with runlock.hold(commands.written_ledger(None, args.out, None)):  # as `run` does
+        return _run_locked(args)
+
+
+def _run_locked(args: argparse.Namespace) -> int:
     prepared = commands.prepare(args)
     loaded, plan = prepared.manifest, prepared.plan
     commands.check_room(args.out, plan.to_run)

@@ -4,6 +4,7 @@
     ├── InputError            bad manifest, CSV, flag or file: exit 2, nothing sent
     │                         (carries a list of Problem, all reported together)
     ├── LedgerError           a ledger that cannot be trusted (corrupt middle line)
+    ├── LockedError           another run holds the ledger's lock: exit 3, nothing sent
     └── ApiError              something the service (or the wire) said
         ├── ApiStatusError    a non-200 answer: status, message, retry_after
         └── TransportError    timeout or connection failure; may have been billed
@@ -49,6 +50,12 @@ class InputError(BatchgenError):
 
 class LedgerError(BatchgenError):
     """The ledger cannot be read safely; resuming from it could pay twice."""
+
+
+class LockedError(BatchgenError):
+    """Another run holds the lock on the ledger this run would write (`runlock`).
+    Nothing was read or sent: running now would resume from state that run is changing,
+    and pay twice for whatever both sent."""
 
 
 class ApiError(BatchgenError):
