@@ -11,6 +11,7 @@ import pytest
 
 from batchgen import commands, ledger, report
 from batchgen.cli import build_parser, main
+from batchgen.errors import InputError
 from batchgen.runner import RunTotals
 from tests.helpers import make_image, write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
@@ -184,10 +185,10 @@ async def test_inspect_reads_back_what_run_wrote(
     assert embedded["source"] == "photos/p0.jpg"
 
 
-async def test_an_output_replaced_mid_run_is_not_taken_as_done(tmp_path: Path) -> None:
+async def test_an_edited_template_may_not_write_over_another_jobs_image(tmp_path: Path) -> None:
     """Run 1 writes job A to cat.jpg. The template then changes, and in run 2 job B
-    writes cat.jpg long before the workers reach A: A's recorded file now holds B's
-    bytes, so A is not done, although run's plan pass saw it intact."""
+    would write cat.jpg: A's paid image would be overwritten (and A paid again on the
+    next resume). The plan pass refuses it before anything is sent."""
     make_image(tmp_path / "p.jpg", colour=10)
 
     def manifest(template: str, jobs: list[tuple[str, str]]) -> Path:
@@ -206,8 +207,8 @@ async def test_an_output_replaced_mid_run_is_not_taken_as_done(tmp_path: Path) -
 
     async with emulated() as served:
         await run_command(manifest("{prompt}.{ext}", [("cat", "dog")]))
-        fillers = [(f"f{i}", f"n{i}") for i in range(20)]  # more than the producer runs ahead
-        jobs = [("x", "cat"), *fillers, ("cat", "dog")]
-        totals = await run_command(manifest("{negative_prompt}.{ext}", jobs))
-    assert totals.skipped_done == 0 and totals.succeeded == len(jobs)
-    assert (tmp_path / "out" / "dog.jpg").exists()
+        image = (tmp_path / "out" / "cat.jpg").read_bytes()
+        with pytest.raises(InputError, match=r"would overwrite .*cat\.jpg"):
+            await run_command(manifest("{negative_prompt}.{ext}", [("x", "cat"), ("cat", "dog")]))
+        assert served.stats.requests_total == 1
+    assert (tmp_path / "out" / "cat.jpg").read_bytes() == image
