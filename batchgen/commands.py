@@ -57,9 +57,9 @@ def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
 def prepare(
     args: argparse.Namespace, *, ledger_file: Path | None = None, split_into: int | None = None
 ) -> Prepared:
-    loaded = manifest.load(args.manifest)
-    owned = resolve_shard(args)
     out: Path | None = getattr(args, "out", None)
+    loaded = manifest.load(args.manifest, exclude=(out,))  # outputs are never inputs
+    owned = resolve_shard(args)
     name = owned.ledger_name if owned else ledger.DEFAULT_NAME
     ledger_path = ledger_file or (out / name if out else Path(name))
     paths = {ledger_path} if ledger_file else set()
@@ -79,6 +79,7 @@ def prepare(
         rpm=rate_limit(args, owned),
         shard=str(owned) if owned else None,
         split_into=split_into if owned is None else None,
+        skipped=loaded.skipped,
     )
     return Prepared(loaded, owned, ledger_path, state, plan)
 
@@ -98,7 +99,8 @@ def rate_limit(args: argparse.Namespace, owned: shard.Shard | None) -> float | N
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.list:
-        jobs = shard_jobs(manifest.load(args.manifest), resolve_shard(args), check_paths=True)
+        loaded = manifest.load(args.manifest, exclude=(args.out,))
+        jobs = shard_jobs(loaded, resolve_shard(args), check_paths=True)
         for job in jobs:
             line = {"job_id": job.job_id, "output": job.output, "params": grid.describe(job.params)}
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
