@@ -103,12 +103,14 @@ def load(path: Path | str, *, exclude: Iterable[Path | str | None] = ()) -> Mani
     if path.suffix.lower() == ".csv":
         return _Reader(path, display, {}, outputs_filter).csv_manifest(digest)
     try:
-        data, lines = yamlfile.load(raw.decode("utf-8-sig"))
+        shared: set[yamlfile.Path_] = set()
+        data, lines = yamlfile.load(raw.decode("utf-8-sig"), shared=shared)
     except UnicodeDecodeError:
         raise InputError(Problem(display, "", "manifest is not UTF-8 text")) from None
     except yamlfile.YamlProblem as err:
         raise InputError(Problem(f"{display}:{err.line}", "", str(err))) from None
-    return _Reader(path, display, lines, outputs_filter).yaml_manifest(data, digest)
+    reader = _Reader(path, display, lines, outputs_filter)
+    return reader.yaml_manifest(data, digest, anchors_only={str(p[0]) for p in shared})
 
 
 class _Reader:
@@ -143,12 +145,16 @@ class _Reader:
 
     # -- the whole file -------------------------------------------------------
 
-    def yaml_manifest(self, data: Any, digest: str) -> Manifest:
+    def yaml_manifest(
+        self, data: Any, digest: str, anchors_only: set[str] | frozenset[str] = frozenset()
+    ) -> Manifest:
+        """`anchors_only`: top-level keys aliased elsewhere (`base: &base {...}`, kept to
+        be merged with `<<: *base`), allowed whatever their name."""
         if not isinstance(data, dict):
             self.problem(self.display, "", "manifest must be a YAML mapping (model, params, grid…)")
             return self.finish(Manifest(self.base, self.display, digest))
         for key in data:
-            if key not in TOP_KEYS:
+            if key not in TOP_KEYS and key not in anchors_only:
                 hint = api.did_you_mean(key, TOP_KEYS)
                 self.problem(self.where((key,)), key, f"unknown key {key!r}{hint}")
         model = self.model(data.get("model", api.MODEL))
