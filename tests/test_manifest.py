@@ -307,3 +307,51 @@ def test_a_key_written_twice_by_hand_is_still_an_error(folder: Path) -> None:
         folder / "n.yaml", "base: {seed: 101}\ngrid: {image_file: [photos/a.jpg], prompt: [x]}\n"
     )
     assert any("unknown key 'base'" in message for message in problems_of(unused))
+
+
+def test_an_output_path_leaving_out_is_refused_before_anything_is_sent(
+    folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = write(
+        folder / "m.yaml",
+        """
+        output: 'a/.{seed:.0}./.{seed:.0}./x-{job_id}.{ext}'
+        grid: {image_file: [photos/a.jpg], prompt: [x], seed: [101]}
+        """,
+    )
+    loaded = manifest.load(m)  # the template itself is well formed ...
+    assert next(grid.expand(loaded, check_paths=False)).output.startswith("a/../../x-")
+    with pytest.raises(InputError) as caught:  # ... the path it gives is not
+        list(grid.expand(loaded))
+    message = str(caught.value)
+    assert message.startswith(f"{m}: ") and "'a/../../x-" in message
+    assert "contains '..', which would leave the output folder" in message
+
+    assert main(["plan", str(m)]) == 2
+    assert "contains '..'" in capsys.readouterr().err
+    monkeypatch.setenv("SEGMIND_API_KEY", "k")
+    monkeypatch.setenv("SEGMIND_API_BASE", "http://127.0.0.1:9/v1")  # nothing listens
+    out = folder / "out"
+    assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{m}: output template" in err and "Traceback" not in err
+    assert not out.exists()  # no ledger, no request
+
+
+def test_dot_only_names_are_refused(folder: Path) -> None:
+    m = write(
+        folder / "m.yaml",
+        "output: '{seed:.0}.../{job_id}.{ext}'\n"
+        "grid: {image_file: [photos/a.jpg], prompt: [x], seed: [101]}\n",
+    )
+    with pytest.raises(InputError, match=r"only dots \('...'\)"):
+        list(grid.expand(manifest.load(m)))
+
+
+def test_template_with_too_much_fixed_text_is_refused(folder: Path) -> None:
+    long_name = "x" * 130
+    m = write(
+        folder / "m.yaml",
+        f"output: '{long_name}-{{job_id}}.{{ext}}'\ngrid: {{image_file: [photos/a.jpg], prompt: [x]}}\n",
+    )
+    assert any("has too much fixed text" in message for message in problems_of(m))
