@@ -57,9 +57,9 @@ def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
 def prepare(
     args: argparse.Namespace, *, ledger_file: Path | None = None, split_into: int | None = None
 ) -> Prepared:
-    loaded = manifest.load(args.manifest)
-    owned = resolve_shard(args)
     out: Path | None = getattr(args, "out", None)
+    loaded = manifest.load(args.manifest, exclude=(out,))  # outputs are never inputs
+    owned = resolve_shard(args)
     ledger_path = written_ledger(owned, out, ledger_file)
     paths = {ledger_path} if ledger_file else set()
     if out is not None:
@@ -81,6 +81,7 @@ def prepare(
         rpm=rate_limit(args, owned),
         shard=str(owned) if owned else None,
         split_into=split_into if owned is None else None,
+        skipped=loaded.skipped,
     )
     return Prepared(loaded, owned, ledger_path, state, plan)
 
@@ -144,7 +145,8 @@ def rate_limit(args: argparse.Namespace, owned: shard.Shard | None) -> float | N
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.list:
-        jobs = shard_jobs(manifest.load(args.manifest), resolve_shard(args), check_paths=True)
+        loaded = manifest.load(args.manifest, exclude=(args.out,))
+        jobs = shard_jobs(loaded, resolve_shard(args), check_paths=True)
         for job in jobs:
             line = {"job_id": job.job_id, "output": job.output, "params": grid.describe(job.params)}
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")

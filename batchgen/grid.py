@@ -126,8 +126,10 @@ def _block_jobs(manifest: Manifest, block: Block) -> Iterator[Job]:
 
 def expand(manifest: Manifest, *, check_paths: bool = True) -> Iterator[Job]:
     """The distinct jobs, lazily. Identical jobs run once; with `check_paths`, two
-    different jobs that would write the same file raise InputError naming both
-    (before anything is sent, when the caller drains this once first, as `run` does).
+    different jobs that would write the same file, or a path that breaks a rule of
+    `outputs.check_path` (`..`, an empty or dot-only name), raise InputError naming
+    the job (before anything is sent, when the caller drains this once first, as
+    `run` does).
 
     Memory does not grow with the jobs streamed: every axis holds distinct values
     (manifest.py drops repeats), so a block never repeats a job, and only the jobs of
@@ -144,6 +146,9 @@ def expand(manifest: Manifest, *, check_paths: bool = True) -> Iterator[Job]:
                 continue
             given.add(job.job_id)
         if check_paths:
+            rule = outputs.check_path(job.output)
+            if rule is not None:
+                raise _bad_path(manifest, job, rule)
             key = hash(job.output)
             if key in paths:
                 raise _collision(manifest, job)
@@ -160,6 +165,17 @@ def _collision(manifest: Manifest, job: Job) -> InputError:
             f"output template {manifest.output!r} gives the same path {job.output!r} to two "
             f"different jobs ({_label(first)} and {_label(job)}); add a field that tells them "
             "apart, e.g. {job_id:.8}",
+        )
+    )
+
+
+def _bad_path(manifest: Manifest, job: Job, rule: str) -> InputError:
+    return InputError(
+        Problem(
+            manifest.display,
+            "output",
+            f"output template {manifest.output!r} gives {_label(job)} the path "
+            f"{job.output!r}: {rule}",
         )
     )
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,6 +78,7 @@ class Manifest:
     price: float = api.PRICE_USD
     output: str = outputs.DEFAULT_TEMPLATE
     blocks: tuple[Block, ...] = field(default=())
+    skipped: tuple[images.Skipped, ...] = ()  # what folders and globs picked that are outputs
 
     @property
     def size(self) -> int:
@@ -85,9 +86,14 @@ class Manifest:
         return sum(block.size for block in self.blocks)
 
 
-def load(path: Path | str) -> Manifest:
-    """Read and validate a manifest; raise InputError listing every problem."""
+def load(path: Path | str, *, exclude: Iterable[Path | str | None] = ()) -> Manifest:
+    """Read and validate a manifest; raise InputError listing every problem.
+
+    What a folder or glob of `image_file` picks under an `exclude` folder (the run's
+    `--out`; None is ignored), or under any folder holding a batchgen ledger, is left
+    out and counted in `Manifest.skipped`: outputs are never inputs."""
     path = Path(path)
+    outputs_filter = images.OutputFilter(p for p in exclude if p is not None)
     display = str(path)
     try:
         raw = path.read_bytes()
@@ -95,23 +101,32 @@ def load(path: Path | str) -> Manifest:
         raise InputError(Problem(display, "", f"cannot read manifest: {err.strerror}")) from None
     digest = hashlib.sha256(raw).hexdigest()
     if path.suffix.lower() == ".csv":
-        return _Reader(path, display, {}).csv_manifest(digest)
+        return _Reader(path, display, {}, outputs_filter).csv_manifest(digest)
     try:
-        data, lines = yamlfile.load(raw.decode("utf-8-sig"))
+        shared: set[yamlfile.Path_] = set()
+        data, lines = yamlfile.load(raw.decode("utf-8-sig"), shared=shared)
     except UnicodeDecodeError:
         raise InputError(Problem(display, "", "manifest is not UTF-8 text")) from None
     except yamlfile.YamlProblem as err:
         raise InputError(Problem(f"{display}:{err.line}", "", str(err))) from None
-    return _Reader(path, display, lines).yaml_manifest(data, digest)
+    reader = _Reader(path, display, lines, outputs_filter)
+    return reader.yaml_manifest(data, digest, anchors_only={str(p[0]) for p in shared})
 
 
 class _Reader:
     """Collects problems while turning parsed data into blocks."""
 
-    def __init__(self, path: Path, display: str, lines: dict[yamlfile.Path_, int]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        lines: dict[yamlfile.Path_, int],
+        outputs_filter: images.OutputFilter,
+    ) -> None:
         self.base = path.parent
         self.display = display
         self.lines = lines
+        self.outputs = outputs_filter
         self.problems: list[Problem] = []
 
     def where(self, key_path: yamlfile.Path_) -> str:
@@ -126,16 +141,20 @@ class _Reader:
     def finish(self, manifest: Manifest) -> Manifest:
         if self.problems:
             raise InputError(self.problems)
-        return manifest
+        return replace(manifest, skipped=self.outputs.skipped())
 
     # -- the whole file -------------------------------------------------------
 
-    def yaml_manifest(self, data: Any, digest: str) -> Manifest:
+    def yaml_manifest(
+        self, data: Any, digest: str, anchors_only: set[str] | frozenset[str] = frozenset()
+    ) -> Manifest:
+        """`anchors_only`: top-level keys aliased elsewhere (`base: &base {...}`, kept to
+        be merged with `<<: *base`), allowed whatever their name."""
         if not isinstance(data, dict):
             self.problem(self.display, "", "manifest must be a YAML mapping (model, params, grid…)")
             return self.finish(Manifest(self.base, self.display, digest))
         for key in data:
-            if key not in TOP_KEYS:
+            if key not in TOP_KEYS and key not in anchors_only:
                 hint = api.did_you_mean(key, TOP_KEYS)
                 self.problem(self.where((key,)), key, f"unknown key {key!r}{hint}")
         model = self.model(data.get("model", api.MODEL))
@@ -365,7 +384,7 @@ class _Reader:
                 self.problem(where, key, f"image_file must be a path, glob or URL, got {raw!r}")
                 return _BAD
             try:
-                return images.resolve(raw, self.base)
+                return images.resolve(raw, self.base, outputs=self.outputs)
             except ValueError as err:
                 self.problem(where, key, str(err))
                 return _BAD

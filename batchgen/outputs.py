@@ -50,6 +50,13 @@ def check_template(template: str) -> str | None:
         names.add(name)
     if "ext" not in names:
         return "output template must contain {ext} (the extension is known from the image bytes)"
+    longest_name, longest_path = _min_lengths(template)
+    if longest_name > MAX_COMPONENT_CHARS or longest_path > MAX_PATH_CHARS:
+        return (
+            f"output template {template!r} has too much fixed text: even with every field cut "
+            f"to one character, a name passes {MAX_COMPONENT_CHARS} characters or the path "
+            f"{MAX_PATH_CHARS}"
+        )
     return None
 
 
@@ -72,12 +79,163 @@ def _slug_text(text: str) -> str:
 
 
 def render(template: str, fields: Mapping[str, Any]) -> str:
-    """Fill `template`; every value is slugged first, `{ext}` is kept for later."""
+    """Fill `template`; every value is slugged first, `{ext}` is kept for later.
+
+    A path past MAX_COMPONENT_CHARS in a folder or file name, or MAX_PATH_CHARS in
+    all, is made to fit by shortening the field values, never the template's own
+    text or `{ext}`: the longest values first, `{job_id}` only once the others are
+    down to one character (a deterministic function of the values' lengths)."""
     values = {name: slug(value) for name, value in fields.items()}
     values["ext"] = EXT_TOKEN
     path = template.format_map(values)
-    parts = [p[:MAX_COMPONENT_CHARS] for p in path.split("/") if p not in ("", ".")]
-    return "/".join(parts)[:MAX_PATH_CHARS]
+    if len(path) <= MAX_COMPONENT_CHARS:  # the usual case: nothing can be too long
+        return path
+    if len(path) <= MAX_PATH_CHARS and all(
+        len(part) <= MAX_COMPONENT_CHARS for part in path.split("/")
+    ):
+        return path
+    return _shortened(_compile(template), values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A template as folder and file names, each a list of literal text and fields."""
+
+    template: str
+    parts: tuple[tuple[str | tuple[str, int | None], ...], ...]  # text, or (field, .N)
+    fields: tuple[tuple[int, bool], ...]  # each field piece: (its name's index, is {job_id})
+    fixed: tuple[int, ...]  # per name: the characters no cut can remove (text, {ext})
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(template: str) -> _Compiled:
+    parts: list[list[str | tuple[str, int | None]]] = [[]]
+    fields: list[tuple[int, bool]] = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        first, *rest = literal.split("/")
+        parts[-1].append(first)
+        for text in rest:
+            parts.append([text])
+        if name is None:
+            continue
+        if name == "ext":
+            parts[-1].append(EXT_TOKEN)
+            continue
+        parts[-1].append((name, int(spec[1:]) if spec else None))
+        fields.append((len(parts) - 1, name == "job_id"))
+    fixed = tuple(sum(len(p) for p in part if isinstance(p, str)) for part in parts)
+    return _Compiled(template, tuple(tuple(p) for p in parts), tuple(fields), fixed)
+
+
+def _shortened(compiled: _Compiled, values: Mapping[str, str]) -> str:
+    texts = [
+        values[piece[0]][: piece[1]]
+        for part in compiled.parts
+        for piece in part
+        if not isinstance(piece, str)
+    ]
+    cuts = _cuts(compiled.template, tuple(len(text) for text in texts))
+    names = []
+    index = 0
+    for part in compiled.parts:
+        pieces = []
+        for piece in part:
+            if isinstance(piece, str):
+                pieces.append(piece)
+                continue
+            text, keep = texts[index], cuts[index]
+            index += 1
+            pieces.append(text if keep >= len(text) else text[:keep].rstrip("-.") or text[:keep])
+        names.append("".join(pieces))
+    return "/".join(names)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cuts(template: str, lengths: tuple[int, ...]) -> tuple[int, ...]:
+    """How many characters of each field piece to keep so every name and the whole path
+    fit: a pure function of the lengths, so a million jobs cost a few computations."""
+    compiled = _compile(template)
+    kept = list(lengths)
+    others = [i for i, (_, is_id) in enumerate(compiled.fields) if not is_id]
+    ids = [i for i, (_, is_id) in enumerate(compiled.fields) if is_id]
+    for number, fixed in enumerate(compiled.fixed):
+        mine = [i for i in others if compiled.fields[i][0] == number]
+        mine_ids = [i for i in ids if compiled.fields[i][0] == number]
+        total = fixed + sum(kept[i] for i in mine + mine_ids)
+        if total > MAX_COMPONENT_CHARS:
+            _shrink(kept, mine_ids, _shrink(kept, mine, total - MAX_COMPONENT_CHARS))
+    total = sum(compiled.fixed) + sum(kept) + len(compiled.fixed) - 1
+    if total > MAX_PATH_CHARS:
+        _shrink(kept, ids, _shrink(kept, others, total - MAX_PATH_CHARS))
+    return tuple(kept)
+
+
+def _shrink(kept: list[int], pieces: list[int], excess: int) -> int:
+    """Take `excess` characters from the longest of `pieces` first, none below one;
+    return what could not be taken."""
+    while excess > 0:
+        live = [i for i in pieces if kept[i] > 1]
+        if not live:
+            return excess
+        top = max(kept[i] for i in live)
+        at_top = [i for i in live if kept[i] == top]
+        below = max((kept[i] for i in live if kept[i] < top), default=1)
+        room = (top - below) * len(at_top)
+        if room >= excess:
+            share, extra = divmod(excess, len(at_top))
+            for rank, i in enumerate(at_top):
+                kept[i] -= share + (rank < extra)
+            return 0
+        for i in at_top:
+            kept[i] = below
+        excess -= room
+    return 0
+
+
+def check_path(rendered: str) -> str | None:
+    """The rule a rendered output path breaks (it must stay inside --out, with no
+    empty, `..` or dot-only names, within the length limits), or None."""
+    if (
+        len(rendered) <= MAX_COMPONENT_CHARS
+        and "//" not in rendered
+        and "/." not in rendered
+        and not rendered.startswith((".", "/"))
+        and not rendered.endswith("/")
+    ):
+        return None  # the usual case, in a few string searches
+    if rendered.startswith("/"):
+        return "it must be relative: it would leave the output folder"
+    if len(rendered) > MAX_PATH_CHARS:
+        return f"it is longer than {MAX_PATH_CHARS} characters"
+    for name in rendered.split("/"):
+        if not name:
+            return "a folder or file name in it is empty"
+        if name.strip(".") == "":
+            if name == "..":
+                return "it contains '..', which would leave the output folder"
+            return f"a folder or file name in it is only dots ({name!r})"
+        if len(name) > MAX_COMPONENT_CHARS:
+            return f"a folder or file name in it is longer than {MAX_COMPONENT_CHARS} characters"
+    return None
+
+
+def _min_lengths(template: str) -> tuple[int, int]:
+    """(the longest any one name can be cut down to, the whole path's)."""
+    compiled = _compile(template)
+    least = list(compiled.fixed)
+    for part, piece in _field_pieces(compiled):
+        precision = piece[1]
+        least[part] += 1 if precision is None else min(1, precision)
+    return max(least), sum(least) + len(least) - 1
+
+
+def _field_pieces(compiled: _Compiled) -> list[tuple[int, tuple[str, int | None]]]:
+    return [
+        (number, piece)
+        for number, part in enumerate(compiled.parts)
+        for piece in part
+        if not isinstance(piece, str)
+    ]
 
 
 def final_path(rendered: str, ext: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from batchgen import api
 from batchgen.grid import Job
+from batchgen.images import Skipped
 from batchgen.ledger import LedgerState
 from batchgen.shard import shard_of
 
@@ -30,6 +31,7 @@ class Plan:
     estimated_seconds: float | None
     shard: str | None = None  # "I/N" when this plan covers one shard
     shards: list[dict[str, int]] = field(default_factory=list)  # the split, per shard
+    skipped: tuple[Skipped, ...] = ()  # input files left out: outputs are never inputs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,6 +65,7 @@ def make_plan(
     rpm: float | None = None,
     shard: str | None = None,
     split_into: int | None = None,
+    skipped: tuple[Skipped, ...] = (),
 ) -> Plan:
     """Counts in one pass over the jobs; with `split_into` N, also the jobs and the jobs
     still to run in each of N shards (what `plan --shard-count N` shows)."""
@@ -94,6 +97,7 @@ def make_plan(
         estimated_seconds=estimate_seconds(to_run, concurrency=concurrency, rpm=rpm),
         shard=shard,
         shards=split,
+        skipped=skipped,
     )
 
 
@@ -117,6 +121,7 @@ def render(plan: Plan) -> str:
     lines = [
         f"manifest   {plan.manifest} (model {plan.model}, ${plan.price:g} per image)",
         f"axes       {axes}" if axes else "axes       (none)",
+        *(f"skipped    {entry}" for entry in plan.skipped),
         f"jobs       {plan.jobs:,}" + (f" in shard {plan.shard}" if plan.shard else ""),
         f"done       {plan.done:,}",
     ]

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import ledger
+from batchgen import gallery, ledger
 from batchgen.cli import main
 from tests.helpers import make_image, write
+from tests.runs import emulated, run
 
 
 @pytest.fixture
@@ -114,3 +115,62 @@ def test_bad_numbers_in_options_say_which_and_why(
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+async def test_outputs_and_thumbnails_are_never_read_back_as_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, name in enumerate(["a.jpg", "b.jpg", "sub/c.jpg"]):
+        make_image(tmp_path / "imgs" / name, colour=i * 100)
+    m = write(
+        tmp_path / "m.yaml",
+        """
+        grid:
+          image_file: ["imgs/**/*.jpg"]
+          prompt: [night]
+          seed: [101, 202]
+        """,
+    )
+    out = tmp_path / "imgs" / "results"
+    first = plan_json(capsys, str(m), "--out", str(out))
+    assert first["jobs"] == 6 and first["skipped"] == []
+
+    async with emulated() as served:  # last night's batch, written inside the input tree
+        result = await run(m, served, out)
+    assert result.totals.succeeded == 6
+    gallery.write_gallery(ledger.ledgers_in(out))  # and its thumbnails, in out/thumbs/
+    picked_up = sorted(out.rglob("*.jpg"))
+    assert len(picked_up) > 6 and any(p.parent.name == "thumbs" for p in picked_up)
+
+    again = plan_json(capsys, str(m), "--out", str(out))
+    assert (again["jobs"], again["done"], again["to_run"]) == (6, 6, 0)
+    assert again["skipped"] == [
+        {"folder": str(out), "reason": "output folder", "files": len(picked_up)}
+    ]
+    assert main(["plan", str(m), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    line = f"skipped    {len(picked_up)} input files under the output folder {out} "
+    assert line + "(outputs are never inputs)" in text and "jobs       6" in text
+    assert main(["plan", str(m), "--out", str(out), "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
+    # without --out, the folder is still known for what it is: it holds a ledger
+    alone = plan_json(capsys, str(m))
+    assert alone["jobs"] == 6
+    assert alone["skipped"] == [
+        {"folder": "imgs/results", "reason": "ledger folder", "files": len(picked_up)}
+    ]
+
+    # a file named directly is the user's choice, even under the output folder
+    named = picked_up[0].relative_to(tmp_path).as_posix()
+    direct = write(tmp_path / "direct.yaml", f"jobs: [{{image_file: {named}, prompt: x}}]\n")
+    assert plan_json(capsys, str(direct), "--out", str(out))["jobs"] == 1
+
+    # a glob that picks only outputs says so, instead of "matches no file"
+    only = write(
+        tmp_path / "only.yaml", "grid: {image_file: ['imgs/results/**/*.jpg'], prompt: [x]}\n"
+    )
+    assert main(["plan", str(only), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "matches no file once outputs are left out" in err
+    assert f"under the output folder {out} (outputs are never inputs)" in err

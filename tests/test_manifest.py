@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import pytest
 
-from batchgen import grid, manifest
+from batchgen import grid, manifest, yamlfile
+from batchgen.cli import main
 from batchgen.errors import InputError
 from tests.helpers import image_bytes, make_image, write
 
@@ -233,3 +236,122 @@ def test_output_collision_names_both_jobs(folder: Path) -> None:
 def test_yaml_tags_are_refused(folder: Path) -> None:
     m = write(folder / "evil.yaml", "grid: !!python/object/apply:os.system ['echo pwned']\n")
     assert any("invalid YAML" in message for message in problems_of(m))
+
+
+def billion_laughs(levels: int = 9) -> str:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    names = "abcdefghijklmnopqrstuvwxyz"
+    for below, name in itertools.pairwise(names[:levels]):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{below}'] * 9)}]")
+    return "\n".join(lines) + "\ngrid: {image_file: [photos/a.jpg], prompt: [x]}\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = write(folder / "laughs.yaml", billion_laughs())
+    started = time.perf_counter()
+    messages = problems_of(m)
+    assert time.perf_counter() - started < 2
+    assert len(messages) == 1 and messages[0].startswith(f"{m}:7: ")
+    assert "aliases expand too far" in messages[0]
+    started = time.perf_counter()
+    assert main(["plan", str(m)]) == 2
+    assert time.perf_counter() - started < 2
+    err = capsys.readouterr().err
+    assert str(m) in err and "aliases expand too far" in err and "Traceback" not in err
+
+
+def test_aliases_below_the_bound_and_self_reference(folder: Path) -> None:
+    fine = billion_laughs(levels=5)  # 9**5 strings: well under a million nodes
+    assert yamlfile.load(fine)[0]["e"][0][0][0][0][0] == "lol"
+    with pytest.raises(yamlfile.YamlProblem, match="aliases expand too far"):
+        yamlfile.load(billion_laughs(levels=7))  # 9**7: past the bound
+    with pytest.raises(yamlfile.YamlProblem, match="refers to itself"):
+        yamlfile.load("a: &a [1, *a]\n")
+
+
+def test_merge_keys_own_keys_win(folder: Path) -> None:
+    m = write(
+        folder / "m.yaml",
+        """
+        base: &base {style_type: ANIME, seed: 101}
+        params: {<<: *base, seed: 202}
+        grid:
+          image_file: [photos/a.jpg]
+          prompt: [x]
+        jobs:
+          - {<<: *base, image_file: photos/b.PNG, prompt: y}
+        """,
+    )
+    jobs = list(grid.expand(manifest.load(m)))
+    assert [(j.params["style_type"], j.params["seed"]) for j in jobs] == [
+        ("ANIME", 202),  # the grid, over params: its own seed wins over the merged one
+        ("ANIME", 101),  # the explicit job merges base after params
+    ]
+    # several merged mappings: the first listed wins among them, own keys over all
+    data, lines = yamlfile.load("a: &a {x: 1}\nb: &b {x: 2, y: 3}\nc: {<<: [*a, *b], z: 4, y: 5}\n")
+    assert data["c"] == {"x": 1, "y": 5, "z": 4}
+    assert lines[("c", "x")] == 1 and lines[("c", "y")] == 3
+
+
+def test_a_key_written_twice_by_hand_is_still_an_error(folder: Path) -> None:
+    m = write(
+        folder / "m.yaml",
+        """
+        base: &base {style_type: ANIME}
+        params: {<<: *base, seed: 202, seed: 303}
+        grid: {image_file: [photos/a.jpg], prompt: [x]}
+        """,
+    )
+    assert any(f"{m}:2: key 'seed' appears twice" in message for message in problems_of(m))
+    unused = write(
+        folder / "n.yaml", "base: {seed: 101}\ngrid: {image_file: [photos/a.jpg], prompt: [x]}\n"
+    )
+    assert any("unknown key 'base'" in message for message in problems_of(unused))
+
+
+def test_an_output_path_leaving_out_is_refused_before_anything_is_sent(
+    folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = write(
+        folder / "m.yaml",
+        """
+        output: 'a/.{seed:.0}./.{seed:.0}./x-{job_id}.{ext}'
+        grid: {image_file: [photos/a.jpg], prompt: [x], seed: [101]}
+        """,
+    )
+    loaded = manifest.load(m)  # the template itself is well formed ...
+    assert next(grid.expand(loaded, check_paths=False)).output.startswith("a/../../x-")
+    with pytest.raises(InputError) as caught:  # ... the path it gives is not
+        list(grid.expand(loaded))
+    message = str(caught.value)
+    assert message.startswith(f"{m}: ") and "'a/../../x-" in message
+    assert "contains '..', which would leave the output folder" in message
+
+    assert main(["plan", str(m)]) == 2
+    assert "contains '..'" in capsys.readouterr().err
+    monkeypatch.setenv("SEGMIND_API_KEY", "k")
+    monkeypatch.setenv("SEGMIND_API_BASE", "http://127.0.0.1:9/v1")  # nothing listens
+    out = folder / "out"
+    assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{m}: output template" in err and "Traceback" not in err
+    assert not out.exists()  # no ledger, no request
+
+
+def test_dot_only_names_are_refused(folder: Path) -> None:
+    m = write(
+        folder / "m.yaml",
+        "output: '{seed:.0}.../{job_id}.{ext}'\n"
+        "grid: {image_file: [photos/a.jpg], prompt: [x], seed: [101]}\n",
+    )
+    with pytest.raises(InputError, match=r"only dots \('...'\)"):
+        list(grid.expand(manifest.load(m)))
+
+
+def test_template_with_too_much_fixed_text_is_refused(folder: Path) -> None:
+    long_name = "x" * 130
+    m = write(
+        folder / "m.yaml",
+        f"output: '{long_name}-{{job_id}}.{{ext}}'\ngrid: {{image_file: [photos/a.jpg], prompt: [x]}}\n",
+    )
+    assert any("has too much fixed text" in message for message in problems_of(m))

@@ -57,3 +57,75 @@ def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     outputs.write_atomic(target, b"first")
     outputs.write_atomic(target, b"second")
     assert target.read_bytes() == b"second" and not list(tmp_path.rglob("*.part"))
+
+
+JOB_ID = "0123456789abcdef0123456789abcdef"
+LONG_TEMPLATES = [
+    "{prompt}-{prompt}-{job_id:.8}.{ext}",
+    outputs.DEFAULT_TEMPLATE,
+    "{prompt}/{prompt}/{prompt}/{prompt}/{prompt}-{negative_prompt}-{image}-{job_id}.{ext}",
+    "{image}/{prompt}-{negative_prompt}-{style_type}-{seed}/{prompt}_{job_id:.12}.{ext}",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    template=st.sampled_from(LONG_TEMPLATES),
+    prompt=st.text(min_size=1, max_size=400),
+    negative=st.text(max_size=200),
+    image=st.text(max_size=100),
+)
+def test_long_values_are_cut_never_the_job_id_or_the_extension(
+    template: str, prompt: str, negative: str, image: str
+) -> None:
+    fields = {
+        "prompt": prompt, "negative_prompt": negative, "image": image, "seed": 965220,
+        "style_type": "RENDER_3D", "job_id": JOB_ID,
+    }  # fmt: skip
+    assert outputs.check_template(template) is None
+    path = outputs.render(template, fields)
+    precision = template.split("{job_id", 1)[1].split("}", 1)[0]  # "" or ":.N"
+    job_id = JOB_ID[: int(precision[2:])] if precision else JOB_ID
+    assert path.endswith(f"{job_id}.{outputs.EXT_TOKEN}")
+    assert len(path) <= outputs.MAX_PATH_CHARS
+    assert all(len(name) <= outputs.MAX_COMPONENT_CHARS for name in path.split("/"))
+    assert path.count("/") == template.count("/")  # the template's own text is all there
+    assert outputs.check_path(path) is None
+    assert outputs.render(template, dict(reversed(fields.items()))) == path  # deterministic
+
+
+def test_two_long_prompts_share_the_cut_and_short_paths_are_untouched() -> None:
+    fields = {"prompt": "a watercolour fox in the snow " * 10, "job_id": JOB_ID}
+    path = outputs.render("{prompt}-{prompt}-{job_id:.8}.{ext}", fields)
+    assert len(path) <= outputs.MAX_COMPONENT_CHARS
+    prompts, tail = path[: -len("-01234567.{ext}")], path[-len("-01234567.{ext}") :]
+    assert tail == "-01234567.{ext}"
+    first, second = prompts[: len(prompts) // 2], prompts[len(prompts) // 2 + 1 :]
+    assert first == second and first.startswith("a-watercolour-fox")  # cut alike
+    assert outputs.render("{prompt}/{seed}.{ext}", {"prompt": "fox", "seed": 101}) == (
+        "fox/101.{ext}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        ("a/../../x.{ext}", "contains '..'"),
+        ("../x.{ext}", "contains '..'"),
+        ("a/.../x.{ext}", "only dots ('...')"),
+        ("./x.{ext}", "only dots ('.')"),
+        ("a//x.{ext}", "is empty"),
+        ("a/x.{ext}/", "is empty"),
+        ("/x.{ext}", "must be relative"),
+        ("a/" + "x" * 121, "longer than 120"),
+        ("/".join(["x" * 100] * 3), "longer than 240"),
+    ],
+)
+def test_check_path_names_the_rule(path: str, rule: str) -> None:
+    found = outputs.check_path(path)
+    assert found is not None and rule in found
+
+
+@pytest.mark.parametrize("path", ["a/b.{ext}", ".hidden/x.{ext}", "a/.b/x..{ext}", "x" * 120])
+def test_check_path_accepts_fine_paths(path: str) -> None:
+    assert outputs.check_path(path) is None
