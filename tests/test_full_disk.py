@@ -84,11 +84,11 @@ def test_a_full_disk_holding_the_ledger_too_ends_with_a_summary_not_a_traceback(
         fill(disk)
         stdout, stderr = run.communicate(timeout=60)
         billed = emu.stats()["billed_total"]
+        counts = statuses(disk / "ledger.jsonl")  # before the tmpfs goes away
     assert run.returncode == 3, stderr
     assert "Traceback" not in stderr and "No space left on device" in stdout
-    assert f"over {billed} requests" in stdout or "spent" in stdout
-    counts = statuses(disk / "ledger.jsonl")
-    assert counts["succeeded"] <= billed  # what is recorded was paid; the rest is in stdout
+    assert f"over {billed} requests" in stdout  # the summary tells what was paid
+    assert 4 <= counts["succeeded"] <= billed
 
 
 def test_a_read_only_subfolder_is_reported_with_the_money_spent(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_a_read_only_out_is_a_one_line_error_and_nothing_is_sent(tmp_path: Path)
         assert emu.stats()["requests_total"] == 0
     assert run.returncode == 2
     assert stderr.strip().splitlines()[-1].startswith("batchgen: ")
-    assert "Read-only file system" in stderr and "nothing sent" in stderr
+    assert "Read-only file system" in stderr
     assert "Traceback" not in stderr
 
 
