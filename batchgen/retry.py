@@ -29,6 +29,7 @@ CONNECT_TIMEOUT_S: Final = 15.0
 MAX_SERVER_WAIT_S: Final = 60.0  # the longest single wait a Retry-After or reset-at may ask
 MAX_RESPONSE_BYTES: Final = 50 * 1024 * 1024  # a 1024x1024 image is ~1 MB; read no further
 MAX_STALE_RESENDS: Final = 3  # free resends per job after a dead kept-alive connection
+CLOCK_SKEW_S: Final = 2.0  # an answer's Date (whole seconds) further off: trust its clock
 
 
 class Verdict(enum.Enum):
@@ -86,7 +87,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     None means "no hint" (use our own backoff): absent, unreadable, zero, negative,
     inf/nan, or a time already past. A date is a wall-clock time, so it is measured
     against the answer's own `Date` header when there is one: a client clock an hour
-    slow must not turn a 5 s reset into a 3605 s stall."""
+    slow must not turn a 5 s reset into a 3605 s stall. (Date counts whole seconds, so
+    within CLOCK_SKEW_S of our clock ours is the finer one and is used.)"""
     return _asked_wait(headers, now)[0]
 
 
@@ -108,7 +110,8 @@ def _asked_wait(headers: Mapping[str, str], now: float | None) -> tuple[float | 
     now = time.time() if now is None else now
     date = _header(headers, "date")
     served_at = _timestamp(date) if date is not None else None
-    reference = now if served_at is None else served_at
+    skewed = served_at is not None and abs(served_at - now) > CLOCK_SKEW_S
+    reference = served_at if served_at is not None and skewed else now
     value = _header(headers, "retry-after")
     if value is not None:
         try:

@@ -136,6 +136,16 @@ CLOCK_SLOW = MORNING - 3600  # our clock, an hour behind the service's
             20.0,
             None,
         ),
+        # a Date within its own precision (whole seconds) of our clock: ours is finer
+        (
+            {
+                "Date": "Fri, 15 Jan 2027 08:00:00 GMT",
+                "x-rate-limit-reset-at-utc": "2027-01-15T08:00:05.5Z",
+            },
+            MORNING + 0.7,
+            4.8,
+            None,
+        ),
         # without a Date, our clock is all there is
         ({"x-rate-limit-reset-at-utc": "2027-01-15T08:00:05Z"}, MORNING, 5.0, None),
         # an unreadable Date is no Date
