@@ -11,7 +11,8 @@
                               (`sent`), or never reached the service (`stale`)
 
 Whether an ApiError is retried, fails the job, or stops the whole run is decided
-in one place, `retry.classify`, not by the exception type.
+in one place, `retry.verdict` (by status, by what was wrong with a 200, by whether
+the request reached the service), not by the exception type.
 """
 
 from __future__ import annotations
