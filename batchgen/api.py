@@ -83,6 +83,43 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
+_PNG_IEND: Final = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # length 0, type, its CRC
+_END: Final = {"jpeg": "end-of-image marker", "png": "IEND chunk", "webp": "end where RIFF says"}
+
+
+def image_problem(data: bytes) -> str | None:
+    """What makes `data` not a whole image, in words; None when it is one.
+
+    A whole image starts with its format's magic bytes and ends where the format says
+    it ends: a JPEG with its EOI marker (FF D9), a PNG with its IEND chunk, a WebP where
+    its RIFF header's size says. That catches an answer cut short, whatever the headers
+    claimed. It looks at a few bytes at each end, so it costs the same for any size:
+    0.2 to 0.6 us per image (measured on 1024x1024 noise: an 831 KB JPEG, a 2.7 MB PNG,
+    a 585 KB WebP). Pillow's verify() takes 37 us on that JPEG and does not notice it cut
+    in half (1.2 ms on the PNG, whose CRCs it checks); decoding with load() takes 9 ms
+    (JPEG) to 47 ms (WebP). A wrong byte inside an image is left to the service.
+    """
+    kind = sniff_image(data)
+    if kind is None:
+        return f"the answer is not an image ({_first_bytes(data)})"
+    if kind == "jpeg":
+        complete = data.endswith(b"\xff\xd9")
+    elif kind == "png":
+        complete = data.endswith(_PNG_IEND)
+    else:
+        complete = len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 == len(data)
+    if complete:
+        return None
+    return f"the {kind.upper()} is cut short or damaged ({len(data):,} bytes, no {_END[kind]})"
+
+
+def _first_bytes(data: bytes) -> str:
+    if not data:
+        return "empty"
+    head = data[:24].decode("ascii", "replace").replace("\ufffd", ".")
+    return f"{len(data):,} bytes starting {''.join(c if c.isprintable() else '.' for c in head)!r}"
+
+
 EXTENSIONS: Final = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 

@@ -1,22 +1,44 @@
 """The one module that talks HTTP: one aiohttp session, one POST per attempt.
 
-It turns every outcome into either an `Answer` (an image) or an `ApiError`;
-what to do about an error is `retry.classify`'s business, not this module's.
+It turns every outcome into either an `Answer` (a whole image) or an `ApiError`;
+what to do about an error is `retry.verdict`'s business, not this module's.
+
+What it guarantees on the wire:
+- the key goes to the API only: redirects are never followed (a 3xx is an error
+  naming the status and the host it pointed at);
+- an `Answer` is a whole image: the body is read in chunks up to
+  `retry.MAX_RESPONSE_BYTES`, its Content-Length honoured, and its end checked
+  (`api.image_problem`); anything less after a 200 is a `BadAnswerError`, billed;
+- a request that went out on a kept-alive connection the server had already closed,
+  and failed before any byte of an answer, is told apart (`TransportError.stale`)
+  from one that reached the service and lost its answer (`sent`: possibly billed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import select
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Final
 
 import aiohttp
+import yarl
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from batchgen import api, retry
-from batchgen.errors import ApiStatusError, TransportError
+from batchgen.errors import AnswerProblem, ApiStatusError, BadAnswerError, TransportError
 
 USER_AGENT: Final = "batchgen"
+READ_CHUNK: Final = 256 * 1024
+ERROR_BODY_BYTES: Final = 64 * 1024  # of a non-200 body: enough for its message
+_DEAD_SOCKET: Final = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,14 +48,85 @@ class Answer:
     headers: Mapping[str, str]  # the contract's response headers that were present
 
 
+class _Connector(aiohttp.TCPConnector):
+    """Before a kept-alive connection is used again, a look (nothing is read) at whether
+    the server closed it while it sat idle, as urllib3 does: the server's FIN may be
+    waiting unread. An idle connection with anything to read is dropped and another one
+    taken, so the request is not written into a dead socket at all."""
+
+    def __init__(self, *, limit: int) -> None:
+        super().__init__(limit=limit, limit_per_host=limit)
+        self._used: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
+    async def connect(
+        self,
+        req: ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's own signature)
+    ) -> Connection:
+        for _ in range(2 * self.limit + 1):
+            conn = await super().connect(req, traces, timeout)
+            protocol = conn.protocol
+            if protocol is None or protocol not in self._used:
+                if protocol is not None:
+                    self._used.add(protocol)
+                return conn
+            if not _idle_socket_readable(conn):
+                return conn
+            conn.close()  # the server gave up on it; the next one is checked too
+        return conn  # every one looked closed: send anyway, the answer will tell
+
+
+def _idle_socket_readable(conn: Connection) -> bool:
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        fd = sock.fileno()
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    """Tells each request (through its trace_request_ctx) whether its connection was a
+    kept-alive one used before or a new one."""
+
+    async def reused(_: object, context: SimpleNamespace, __: object) -> None:
+        if isinstance(context.trace_request_ctx, _Attempt):
+            context.trace_request_ctx.reused = True
+
+    async def created(_: object, context: SimpleNamespace, __: object) -> None:
+        if isinstance(context.trace_request_ctx, _Attempt):
+            context.trace_request_ctx.reused = False
+
+    config = aiohttp.TraceConfig()
+    config.on_connection_reuseconn.append(reused)
+    config.on_connection_create_end.append(created)
+    return config
+
+
+class _Attempt:
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
 def make_session(
     concurrency: int, *, timeout: float = retry.REQUEST_TIMEOUT_S
 ) -> aiohttp.ClientSession:
     """One session for the whole run, its connection pool sized to the worker pool."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
+        connector=_Connector(limit=concurrency),
         timeout=aiohttp.ClientTimeout(total=timeout, connect=retry.CONNECT_TIMEOUT_S),
         headers={"User-Agent": USER_AGENT},
+        trace_configs=[_trace_config()],
     )
 
 
@@ -41,18 +134,32 @@ class Client:
     def __init__(self, session: aiohttp.ClientSession, *, api_base: str, api_key: str) -> None:
         self._session = session
         self._base = api_base.rstrip("/")
+        self._key = api_key
         self._headers = {"x-api-key": api_key, "Content-Type": "application/json"}
 
     async def generate(self, model: str, body: bytes) -> Answer:
-        """POST one request. Raises ApiStatusError or TransportError."""
-        url = f"{self._base}/{model}"
+        """POST one request. Raises ApiStatusError (BadAnswerError for a 200 that is not
+        a whole image) or TransportError; no message ever holds the key."""
         try:
-            async with self._session.post(url, data=body, headers=self._headers) as response:
-                payload = await response.read()
-                status = response.status
-                headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
-                           if name in response.headers}  # fmt: skip
-                raw_headers = dict(response.headers)
+            return await self._generate(f"{self._base}/{model}", body)
+        except ApiStatusError as err:
+            if self._key and self._key in err.message:
+                err.message = err.message.replace(self._key, "[the API key]")
+                err.args = (f"HTTP {err.status}: {err.message}",)
+            raise
+
+    async def _generate(self, url: str, body: bytes) -> Answer:
+        attempt = _Attempt()
+        try:
+            response = await self._session.post(
+                url,
+                data=body,
+                headers=self._headers,
+                allow_redirects=False,  # the key must not follow a Location anywhere
+                trace_request_ctx=attempt,
+            )
+        except aiohttp.ConnectionTimeoutError:
+            raise TransportError(f"cannot connect to {self._base}: timed out", sent=False) from None
         except TimeoutError:
             raise TransportError("timed out waiting for the service", sent=True) from None
         except aiohttp.ClientConnectorError as err:
@@ -60,10 +167,114 @@ class Client:
                 f"cannot connect to {self._base}: {err.os_error}", sent=False
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as err:
-            raise TransportError(f"connection failed: {type(err).__name__}", sent=True) from None
-        if status != 200:
-            raise ApiStatusError.from_response(status, payload, raw_headers)
-        kind = api.sniff_image(payload)
-        if kind is None:
-            raise ApiStatusError(200, f"answer is not an image ({len(payload)} bytes)")
-        return Answer(payload, kind, headers)
+            if attempt.reused and _dead_before_answer(err):
+                raise TransportError(
+                    "the kept-alive connection was already closed by the server "
+                    f"({_name(err)}); the request never reached it",
+                    sent=False,
+                    stale=True,
+                ) from None
+            raise TransportError(f"connection failed: {_name(err)}", sent=True) from None
+        async with response:
+            status = response.status
+            if status != 200:
+                raise await self._refusal(response)
+            headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
+                       if name in response.headers}  # fmt: skip
+            payload = await _read_image(response)
+        return Answer(payload, _kind(payload), headers)
+
+    async def _refusal(self, response: aiohttp.ClientResponse) -> ApiStatusError:
+        status = response.status
+        if 300 <= status < 400:
+            return ApiStatusError(status, _redirect_message(response))
+        payload = bytearray()
+        try:
+            while len(payload) < ERROR_BODY_BYTES and (
+                chunk := await response.content.read(ERROR_BODY_BYTES - len(payload))
+            ):
+                payload += chunk
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the status is what matters; the message is a courtesy
+        return ApiStatusError.from_response(status, bytes(payload), dict(response.headers))
+
+
+async def _read_image(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body of a 200, in chunks, never more than the cap. Every way this can
+    fail is a BadAnswerError: the service answered 200, so it billed."""
+    cap = retry.MAX_RESPONSE_BYTES
+    declared = response.content_length
+    if declared is not None and declared > cap:
+        raise BadAnswerError(
+            AnswerProblem.TOO_LARGE, f"the answer is {declared:,} bytes; the cap is {cap:,}"
+        )
+    data = bytearray()
+    try:
+        while chunk := await response.content.read(READ_CHUNK):
+            data += chunk
+            if len(data) > cap:
+                raise BadAnswerError(
+                    AnswerProblem.TOO_LARGE,
+                    f"the answer went past the cap of {cap:,} bytes; stopped reading",
+                )
+    except TimeoutError:
+        raise BadAnswerError(
+            AnswerProblem.TRUNCATED, f"timed out reading the image after {len(data):,} bytes"
+        ) from None
+    except (aiohttp.ClientError, asyncio.IncompleteReadError) as err:
+        raise BadAnswerError(
+            AnswerProblem.TRUNCATED,
+            f"the image was cut off after {len(data):,} bytes ({_name(err)})",
+        ) from None
+    if declared is not None and len(data) != declared:
+        raise BadAnswerError(
+            AnswerProblem.TRUNCATED, f"the answer is {len(data):,} of {declared:,} bytes"
+        )
+    payload = bytes(data)
+    problem = api.image_problem(payload)
+    if problem is not None:
+        kind = (
+            AnswerProblem.NOT_IMAGE if api.sniff_image(payload) is None else AnswerProblem.TRUNCATED
+        )
+        raise BadAnswerError(kind, problem)
+    return payload
+
+
+def _kind(payload: bytes) -> str:
+    kind = api.sniff_image(payload)
+    assert kind is not None  # _read_image checked it
+    return kind
+
+
+def _dead_before_answer(err: BaseException) -> bool:
+    """The connection failed before any byte of an answer, the way a connection the
+    server had already closed does (aiohttp resends idempotent requests on exactly these)."""
+    if isinstance(err, aiohttp.ClientConnectionResetError):
+        return True  # the transport was closing before our request was written
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return isinstance(err.message, str)  # no partial status line or headers
+    if isinstance(err, aiohttp.ClientOSError):
+        return err.errno in _DEAD_SOCKET
+    return False
+
+
+def _redirect_message(response: aiohttp.ClientResponse) -> str:
+    location = response.headers.get("Location", "")
+    try:
+        target = response.url.join(yarl.URL(location)) if location else None
+    except ValueError:
+        target = None
+    if target is None or not target.host:
+        where = "no usable Location"
+    else:
+        port = f":{target.port}" if target.port and not target.is_default_port() else ""
+        where = f"{target.scheme}://{target.host}{port}"
+    return (
+        f"the API answered with a redirect (HTTP {response.status}) to {where}; batchgen "
+        "does not follow redirects, so the key is sent to the API only: check --api-base"
+    )
+
+
+def _name(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yarl
+
 from batchgen import api, grid, ledger, manifest, outputs, report, retry, runlock, shard
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
@@ -175,14 +177,34 @@ def api_key(args: argparse.Namespace) -> str:
     return key
 
 
+def api_base(args: argparse.Namespace) -> str:
+    """--api-base, else $SEGMIND_API_BASE, else Segmind's: an http(s) URL with a host."""
+    given: str | None = getattr(args, "api_base", None)
+    where = "--api-base"
+    if given is None:
+        given, where = os.environ.get("SEGMIND_API_BASE"), "SEGMIND_API_BASE"
+    if given is None:
+        return api.API_BASE
+    try:
+        url = yarl.URL(given.strip())
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise InputError(
+            f"{where} {given!r} is not an http(s) URL with a host "
+            f"(e.g. {api.API_BASE} or http://127.0.0.1:8000/v1)"
+        )
+    return given.strip()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     key = api_key(args)
-    api_base = args.api_base or os.environ.get("SEGMIND_API_BASE") or api.API_BASE
+    base = api_base(args)
     written = written_ledger(resolve_shard(args), args.out, args.ledger)
     with runlock.hold(written, wait=args.wait_lock, on_wait=_tell):  # before any state is read
         prepared = prepare(args, ledger_file=args.ledger)
         check_room(args.out, prepared.plan.to_run)
-        config = batch_config(args, prepared, api_base, key)
+        config = batch_config(args, prepared, base, key)
         result = execute(config, prepared, bar=not args.no_progress)
     return finish(args, config, result, prepared.plan.jobs)
 

@@ -7,14 +7,18 @@
     ├── LockedError           another run holds the ledger's lock: exit 3, nothing sent
     └── ApiError              something the service (or the wire) said
         ├── ApiStatusError    a non-200 answer: status, message, retry_after
+        │   └── BadAnswerError  a 200 that is not a whole image: billed all the same
         └── TransportError    timeout or connection failure; may have been billed
+                              (`sent`), or never reached the service (`stale`)
 
 Whether an ApiError is retried, fails the job, or stops the whole run is decided
-in one place, `retry.classify`, not by the exception type.
+in one place, `retry.verdict` (by status, by what was wrong with a 200, by whether
+the request reached the service), not by the exception type.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,7 +66,9 @@ class ApiError(BatchgenError):
     """The service, or the network on the way to it, did not give us an image."""
 
     status: int | None = None  # the HTTP status, when the service answered
-    retry_after: float | None = None  # seconds the service asked us to wait
+    retry_after: float | None = None  # seconds to wait, as the service asked (capped)
+    wait_note: str | None = None  # why that wait differs from what was asked, in words
+    problem: AnswerProblem | None = None  # what was wrong with a 200, for BadAnswerError
 
 
 class ApiStatusError(ApiError):
@@ -70,10 +76,17 @@ class ApiStatusError(ApiError):
 
     status: int
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        wait_note: str | None = None,
+    ) -> None:
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.wait_note = wait_note
         super().__init__(f"HTTP {status}: {message}")
 
     @classmethod
@@ -81,18 +94,39 @@ class ApiStatusError(ApiError):
         cls, status: int, body: bytes, headers: Mapping[str, str], *, now: float | None = None
     ) -> ApiStatusError:
         """Build from a raw answer: JSON `{"error": ...}` when present, else the text."""
-        from batchgen.retry import parse_retry_after  # local: retry imports errors
+        from batchgen.retry import server_wait  # local: retry imports errors
 
         message = _error_message(body)
-        retry_after = parse_retry_after(headers, now=now)
-        return cls(status, message, retry_after)
+        retry_after, note = server_wait(headers, now=now)
+        return cls(status, message, retry_after, note)
+
+
+class AnswerProblem(enum.Enum):
+    """Why a 200 answer is not an image we can keep. Every one was billed."""
+
+    TRUNCATED = "truncated"  # cut short or undecodable: the bytes were lost, try again
+    NOT_IMAGE = "not_image"  # HTML, JSON, empty: fail the job now; the next run tries again
+    TOO_LARGE = "too_large"  # over the response cap: fail the job; resending pays again
+
+
+class BadAnswerError(ApiStatusError):
+    """A 200 whose body is not a whole image. The service billed it all the same."""
+
+    problem: AnswerProblem
+
+    def __init__(self, problem: AnswerProblem, message: str) -> None:
+        super().__init__(200, message)
+        self.problem = problem
 
 
 class TransportError(ApiError):
-    """Timeout or connection failure. `sent` tells whether the request left us."""
+    """Timeout or connection failure. `sent` tells whether the request may have reached
+    the service; `stale` that it went out on a kept-alive connection the server had
+    already given up on (closed before any byte of an answer): it was never processed."""
 
-    def __init__(self, message: str, *, sent: bool) -> None:
+    def __init__(self, message: str, *, sent: bool, stale: bool = False) -> None:
         self.sent = sent
+        self.stale = stale
         super().__init__(message)
 
 

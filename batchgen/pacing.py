@@ -13,6 +13,7 @@ that saw it. Two modes:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from batchgen.adaptive import CubicRate
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+
+log = logging.getLogger("batchgen")
 
 
 class Pacer:
@@ -44,6 +47,7 @@ class Pacer:
         self._cooldown = cooldown
         self._cool_until = 0.0
         self._streak = 0
+        self._noted = False  # a capped wait was logged since the last plain answer
 
     async def wait_turn(self) -> None:
         while (remaining := self._cool_until - self._clock()) > 0:
@@ -64,8 +68,23 @@ class Pacer:
     def now(self) -> float:
         return self._clock()
 
-    def throttled(self, retry_after: float | None, sent_at: float | None = None) -> float:
-        """Slow the whole pool down; returns the pause chosen (0: the rate was cut)."""
+    def note(self, wait_note: str | None) -> None:
+        """Say once, in plain words, that a wait the service asked for was capped; not
+        again until a success comes back (a night of 429s logs one line)."""
+        if wait_note is not None and not self._noted:
+            self._noted = True
+            log.warning("%s", wait_note)
+
+    def throttled(
+        self,
+        retry_after: float | None,
+        sent_at: float | None = None,
+        *,
+        note: str | None = None,
+    ) -> float:
+        """Slow the whole pool down; returns the pause chosen (0: the rate was cut).
+        `retry_after` is already capped (retry.server_wait); `note` says so."""
+        self.note(note)
         if self.adaptive is not None:
             self.adaptive.on_throttle(sent_at)
             pause = retry_after or 0.0
@@ -80,6 +99,8 @@ class Pacer:
     def answered(self, sent_at: float | None = None) -> None:
         """The service answered with anything but a 429; `sent_at` for a success."""
         self._streak = 0
+        if sent_at is not None:
+            self._noted = False
         if self.adaptive is not None:
             self.adaptive.on_answer(sent_at)
 

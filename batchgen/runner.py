@@ -145,7 +145,7 @@ class Runner:
             error = ApiError(f"cannot read the input image: {err}")
             await self._fail(job, params, error, 0, "no", retryable=True)
             return
-        attempt = throttled = 0
+        attempt = throttled = resent = 0
         while True:
             await self.pacer.wait_turn()
             if not self._within_budget():  # no await between this check and the reservation
@@ -169,11 +169,18 @@ class Runner:
             if outcome is None:
                 return
             error, billed, sent_at = outcome
-            verdict, retry_after = retry.classify(error.status), error.retry_after
+            verdict, retry_after = retry.verdict(error), error.retry_after
+            if verdict is retry.Verdict.RESEND and resent < retry.MAX_STALE_RESENDS:
+                # it went out on a connection the server had already closed: it never
+                # reached the service, so send it again now, at no attempt's cost
+                resent += 1
+                await self._retrying(job, error, billed, attempt, 0.0)
+                attempt -= 1
+                continue
             if verdict is retry.Verdict.THROTTLED:
                 attempt -= 1  # a 429 is not the job's fault: it does not use up attempts
                 throttled += 1
-                self.pacer.throttled(retry_after, sent_at)
+                self.pacer.throttled(retry_after, sent_at, note=error.wait_note)
                 self.totals.throttled += 1
                 await self._retrying(job, error, billed, attempt, retry_after)
                 self.emit(events.JobThrottled(job.job_id, retry_after))
@@ -185,9 +192,13 @@ class Runner:
                 await self._interrupted(job, params, error, billed)
                 self.request_stop(_stop_reason(error))
                 return
-            if verdict is retry.Verdict.FAIL_JOB or billed == "billed":
+            if verdict is retry.Verdict.FAIL_JOB:
                 await self._fail(job, params, error, attempt, billed, retryable=False)
                 return
+            if verdict is retry.Verdict.FAIL_FOR_NOW:
+                await self._fail(job, params, error, attempt, billed, retryable=True)
+                return
+            # RETRY, or RESEND past its allowance: an ordinary connection failure now
             if attempt >= self.options.max_attempts:
                 await self._fail(job, params, error, attempt, billed, retryable=True)
                 return
@@ -195,6 +206,7 @@ class Runner:
                 await self._interrupted(job, params, error, billed)
                 self.request_stop(f"retry budget exhausted: the service keeps failing ({error})")
                 return
+            self.pacer.note(error.wait_note)
             delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
             await self._retrying(job, error, billed, attempt, delay)
             await self.sleep(delay)
@@ -392,7 +404,7 @@ def _billed(error: ApiError) -> str:
         return "maybe" if error.sent else "no"
     if isinstance(error, ApiStatusError):
         if error.status == 200:
-            return "billed"  # an answer that is not an image was still a 200
+            return "billed"  # a 200 that is not a whole image was billed all the same
         if error.status in retry.POSSIBLY_BILLED:
             return "maybe"
     return "no"
@@ -401,6 +413,8 @@ def _billed(error: ApiError) -> str:
 def _stop_reason(error: ApiError) -> str:
     if not isinstance(error, ApiStatusError):
         return str(error)
+    if 300 <= error.status < 400:
+        return error.message  # names the status and where it pointed, never the key
     reasons = {
         401: "the API key was refused (HTTP 401)",
         403: "the API key is not allowed to use this model (HTTP 403)",

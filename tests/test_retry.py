@@ -8,7 +8,7 @@ import random
 import pytest
 
 from batchgen import retry
-from batchgen.errors import ApiStatusError
+from batchgen.errors import AnswerProblem, ApiError, ApiStatusError, BadAnswerError, TransportError
 from batchgen.pacing import Pacer, RetryBudget
 from batchgen.retry import Verdict
 
@@ -31,10 +31,31 @@ NOW = 1_800_000_000.0  # a fixed "now" for date arithmetic
         (400, Verdict.FAIL_JOB),
         (413, Verdict.FAIL_JOB),
         (422, Verdict.FAIL_JOB),
+        (301, Verdict.STOP_RUN),  # never followed: the key would go where Location says
+        (302, Verdict.STOP_RUN),
+        (307, Verdict.STOP_RUN),
+        (308, Verdict.STOP_RUN),
     ],
 )
 def test_classify(status: int | None, verdict: Verdict) -> None:
     assert retry.classify(status) is verdict
+
+
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (BadAnswerError(AnswerProblem.TRUNCATED, "cut"), Verdict.RETRY),
+        (BadAnswerError(AnswerProblem.NOT_IMAGE, "html"), Verdict.FAIL_FOR_NOW),
+        (BadAnswerError(AnswerProblem.TOO_LARGE, "huge"), Verdict.FAIL_JOB),
+        (TransportError("dead kept-alive connection", sent=False, stale=True), Verdict.RESEND),
+        (TransportError("lost answer", sent=True), Verdict.RETRY),
+        (TransportError("cannot connect", sent=False), Verdict.RETRY),
+        (ApiStatusError(307, "redirect"), Verdict.STOP_RUN),
+        (ApiStatusError(429, "slow down"), Verdict.THROTTLED),
+    ],
+)
+def test_verdict_reads_what_went_wrong(error: ApiError, verdict: Verdict) -> None:
+    assert retry.verdict(error) is verdict
 
 
 @pytest.mark.parametrize(
@@ -43,13 +64,103 @@ def test_classify(status: int | None, verdict: Verdict) -> None:
         ({}, None),
         ({"Retry-After": "7"}, 7.0),
         ({"retry-after": "2.5"}, 2.5),
-        ({"Retry-After": "-3"}, 0.0),
+        ({"Retry-After": "3600"}, 3600.0),  # uncapped here; server_wait caps it
+        # "no hint": our own backoff, never a storm of back-to-back requests
+        ({"Retry-After": "0"}, None),
+        ({"Retry-After": "-3"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "-inf"}, None),
+        ({"Retry-After": "nan"}, None),
         ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "Fri, 15 Jan 2027 07:00:00 GMT"}, None),  # a date in the past
+        ({"x-rate-limit-reset-at-utc": "2020-01-01T00:00:00Z"}, None),
         ({"x-rate-limit-reset-at-utc": "garbage"}, None),
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> None:
     assert retry.parse_retry_after(headers, now=NOW) == expected
+
+
+MORNING = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+CLOCK_SLOW = MORNING - 3600  # our clock, an hour behind the service's
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "wait", "note"),
+    [
+        ({}, MORNING, None, None),
+        ({"Retry-After": "5"}, MORNING, 5.0, None),
+        ({"Retry-After": "60"}, MORNING, 60.0, None),
+        (
+            {"Retry-After": "3600"},
+            MORNING,
+            60.0,
+            "waiting 60 s: the service asked for 3600 s (Retry-After); capped",
+        ),
+        ({"Retry-After": "inf"}, MORNING, None, None),
+        ({"Retry-After": "0"}, MORNING, None, None),
+        # years ahead: capped, whatever the clocks say
+        (
+            {"x-rate-limit-reset-at-utc": "2031-01-01T00:00:00Z"},
+            MORNING,
+            60.0,
+            "waiting 60 s: the service asked for 124992000 s (x-rate-limit-reset-at-utc); capped",
+        ),
+        # a reset 5 s after the answer's own Date, our clock an hour slow: 5 s, not 3605
+        (
+            {
+                "Date": "Fri, 15 Jan 2027 08:00:00 GMT",
+                "x-rate-limit-reset-at-utc": "2027-01-15T08:00:05Z",
+            },
+            CLOCK_SLOW,
+            5.0,
+            None,
+        ),
+        # ... and an hour fast: still 5 s, not "in the past"
+        (
+            {
+                "date": "Fri, 15 Jan 2027 08:00:00 GMT",
+                "x-rate-limit-reset-at-utc": "2027-01-15T08:00:05Z",
+            },
+            MORNING + 3600,
+            5.0,
+            None,
+        ),
+        # an HTTP-date Retry-After is measured against Date too
+        (
+            {
+                "Date": "Fri, 15 Jan 2027 08:00:00 GMT",
+                "Retry-After": "Fri, 15 Jan 2027 08:00:20 GMT",
+            },
+            CLOCK_SLOW,
+            20.0,
+            None,
+        ),
+        # a Date within its own precision (whole seconds) of our clock: ours is finer
+        (
+            {
+                "Date": "Fri, 15 Jan 2027 08:00:00 GMT",
+                "x-rate-limit-reset-at-utc": "2027-01-15T08:00:05.5Z",
+            },
+            MORNING + 0.7,
+            4.8,
+            None,
+        ),
+        # without a Date, our clock is all there is
+        ({"x-rate-limit-reset-at-utc": "2027-01-15T08:00:05Z"}, MORNING, 5.0, None),
+        # an unreadable Date is no Date
+        (
+            {"Date": "yesterday", "x-rate-limit-reset-at-utc": "2027-01-15T08:00:05Z"},
+            MORNING,
+            5.0,
+            None,
+        ),
+    ],
+)
+def test_server_wait_is_capped_and_read_against_the_answers_date(
+    headers: dict[str, str], now: float, wait: float | None, note: str | None
+) -> None:
+    assert retry.server_wait(headers, now=now) == (pytest.approx(wait) if wait else None, note)
 
 
 def test_retry_after_dates_are_relative_to_now() -> None:
@@ -74,6 +185,7 @@ def test_backoff_is_full_jitter_under_an_exponential_cap(attempt: int) -> None:
 
 def test_the_server_word_wins_over_our_backoff() -> None:
     assert retry.retry_delay(5, 1.5) == 1.5
+    assert retry.retry_delay(5, 3600.0) == retry.MAX_SERVER_WAIT_S
     assert retry.retry_delay(1, None, rng=random.Random(1)) <= retry.BACKOFF_BASE_S
 
 
@@ -112,3 +224,17 @@ async def test_a_429_pauses_the_whole_pool() -> None:
     pacer.answered()
     assert pacer.throttled(None) == 2.0  # a success resets the streak
     assert pacer.throttled(7.0) == 7.0  # the server's Retry-After is honoured
+
+
+def test_a_capped_wait_is_logged_once_until_a_success(caplog: pytest.LogCaptureFixture) -> None:
+    note = "waiting 60 s: the service asked for 3600 s (Retry-After); capped"
+    pacer = Pacer(600, clock=lambda: 0.0)
+    with caplog.at_level("WARNING", logger="batchgen"):
+        for _ in range(5):  # a storm of 429s, each asking for an hour
+            assert pacer.throttled(60.0, note=note) == 60.0
+        pacer.answered()  # an error answer: the storm goes on
+        pacer.throttled(60.0, note=note)
+        assert [r.getMessage() for r in caplog.records] == [note]
+        pacer.answered(sent_at=0.0)  # a success ends it; the next storm is told again
+        pacer.throttled(60.0, note=note)
+    assert [r.getMessage() for r in caplog.records] == [note, note]

@@ -1,0 +1,393 @@
+"""The HTTP layer against hostile servers: redirects, cut and oversized bodies, long
+waits asked for, kept-alive connections the server drops, bad API bases. Each case is a
+whole run against a small server (tests/hostile.py); assertions are on the files, the
+ledger, the totals and what the server received."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from batchgen import api
+from batchgen.cli import main
+from tests.helpers import image_bytes
+from tests.hostile import (
+    JPEG,
+    KEY,
+    AndClose,
+    Connection,
+    Seen,
+    raw_server,
+    read_request,
+    response,
+    run_against,
+    scripted,
+    web_server,
+)
+from tests.runs import FakeSleep, lines, make_project
+
+PRICE = 0.063
+PNG = image_bytes("PNG", size=(40, 30))
+WEBP = image_bytes("WEBP", size=(40, 30))
+
+
+def ledger_text(out: Path) -> str:
+    return (out / "ledger.jsonl").read_text()
+
+
+# -- 1. the key goes to the API only --------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_is_not_followed_and_stops_the_run(tmp_path: Path, status: int) -> None:
+    m = make_project(tmp_path, images=2, prompts=2, seeds=2)  # 8 jobs
+    out = tmp_path / "out"
+
+    async def elsewhere(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    async with web_server(elsewhere) as (other, taken):
+        # the Location carries the key, the body echoes it: neither may surface anywhere
+        target = other.replace("/v1", f"/collect?key={KEY}")
+
+        async def redirect(request: web.Request, seen: Seen) -> web.StreamResponse:
+            echoed = f"moved; your key was {request.headers['x-api-key']}"
+            return web.Response(status=status, headers={"Location": target}, text=echoed)
+
+        async with web_server(redirect) as (api_base, seen):
+            result = await run_against(api_base, m, out, concurrency=2)
+    assert taken.requests == 0  # not one request, POST or GET, reached the other host
+    assert 1 <= seen.requests <= 2  # the pool stopped at the first answer
+    totals = result.totals
+    assert totals.stopped is not None
+    other_host = other.removesuffix("/v1")
+    assert f"HTTP {status}" in totals.stopped and other_host in totals.stopped
+    assert KEY not in totals.stopped
+    assert (totals.spent, totals.possibly_billed, totals.succeeded, totals.failed) == (0, 0, 0, 0)
+    records = lines(out)
+    interrupted = [r for r in records if r["status"] == "interrupted"]
+    assert interrupted and all(r["billed"] == "no" and r["cost"] == 0 for r in interrupted)
+    assert KEY not in ledger_text(out)
+
+
+async def test_the_key_is_kept_out_of_error_messages(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+
+    async def echo(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.json_response({"error": f"bad seed for key {KEY}"}, status=400)
+
+    async with web_server(echo) as (api_base, seen):
+        result = await run_against(api_base, m, out)
+    assert seen.keys == [KEY] and result.totals.failed == 1
+    assert KEY not in ledger_text(out) and KEY not in str(result.totals.failures)
+    failed = next(r for r in lines(out) if r["status"] == "failed")
+    assert failed["error"] == "bad seed for key [the API key]"
+
+
+# -- 2. only whole images count -------------------------------------------------------
+
+
+def png_cut(data: bytes) -> bytes:
+    return data[:-12]  # the IEND chunk gone
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (JPEG, None),
+        (PNG, None),
+        (WEBP, None),
+        (JPEG[: len(JPEG) // 2], "JPEG is cut short"),
+        (JPEG[:-1], "JPEG is cut short"),
+        (JPEG + b"\x00", "JPEG is cut short"),  # strict: the image ends at its EOI
+        (png_cut(PNG), "PNG is cut short"),
+        (PNG[: len(PNG) // 2], "PNG is cut short"),
+        (WEBP[:-1], "WEBP is cut short"),
+        (WEBP + b"\x00\x00", "WEBP is cut short"),
+        (b"RIFF\x00\x00\x00\x00WEBP", "WEBP is cut short"),
+        (b"RIFF\x04\x00\x00\x00WEBP", None),  # the smallest size RIFF agrees with
+        (b"", "not an image (empty)"),
+        (b"<html><body>Welcome</body></html>", "not an image (33 bytes starting '<html>"),
+        (b'{"status": "ok"}', "not an image"),
+        (b"\xff\xd8", "not an image"),  # too short to be a JPEG at all
+    ],
+)
+def test_image_problem(data: bytes, problem: str | None) -> None:
+    found = api.image_problem(data)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found
+
+
+HALF = JPEG[: len(JPEG) // 2]
+CUT_ANSWERS = {
+    "no Content-Length, cut, closed": response(
+        "200 OK", HALF, "Content-Type: image/jpeg", length=False
+    ),
+    "Content-Length says more, closed": AndClose(
+        response("200 OK", HALF, f"Content-Length: {len(JPEG)}", length=False)
+    ),
+    "chunked, cut, closed": AndClose(
+        response(
+            "200 OK",
+            b"%x\r\n" % len(HALF) + HALF + b"\r\n",
+            "Transfer-Encoding: chunked",
+            length=False,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", CUT_ANSWERS.values(), ids=CUT_ANSWERS.keys())
+async def test_a_cut_image_is_billed_and_retried(tmp_path: Path, answer: bytes) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with raw_server(scripted(answer)) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep())
+    totals = result.totals
+    assert (totals.succeeded, totals.failed, totals.requests, seen.requests) == (1, 0, 2, 2)
+    assert totals.spent == pytest.approx(2 * PRICE) and totals.possibly_billed == 0
+    records = lines(out)
+    retry = next(r for r in records if r["status"] == "retry")
+    assert (retry["http_status"], retry["billed"], retry["cost"]) == (200, "billed", PRICE)
+    done = next(r for r in records if r["status"] == "succeeded")
+    assert api.image_problem((out / done["output"]).read_bytes()) is None
+
+
+async def test_cut_images_fail_the_job_after_max_attempts(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    cut = CUT_ANSWERS["no Content-Length, cut, closed"]
+    async with raw_server(scripted(*[cut] * 10)) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep(), max_attempts=3)
+    assert seen.requests == 3 and result.totals.failed == 1
+    assert result.totals.spent == pytest.approx(3 * PRICE)
+    failed = next(r for r in lines(out) if r["status"] == "failed")
+    assert (failed["retryable"], failed["billed"], failed["attempts"]) == (True, "billed", 3)
+    assert "cut short" in failed["error"]
+    assert not list(out.rglob("*.jpg"))
+
+
+@pytest.mark.parametrize(
+    "body", [b"<!doctype html><title>Sign in</title>", b""], ids=["html", "empty"]
+)
+async def test_a_200_that_is_not_an_image_is_billed_and_rerun_later(
+    tmp_path: Path, body: bytes
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with raw_server(scripted(response("200 OK", body, "Content-Type: text/html"))) as (
+        api_base,
+        seen,
+    ):
+        first = await run_against(api_base, m, out, sleep=FakeSleep())
+        assert seen.requests == 1  # not retried at once: the next one would likely be the same
+        assert first.totals.failed == 1 and first.totals.spent == pytest.approx(PRICE)
+        failed = next(r for r in lines(out) if r["status"] == "failed")
+        assert (failed["http_status"], failed["billed"], failed["retryable"]) == (
+            200,
+            "billed",
+            True,
+        )
+        second = await run_against(api_base, m, out, sleep=FakeSleep())  # the same out folder
+    assert seen.requests == 2 and second.totals.succeeded == 1
+
+
+def _peak_rss_reset() -> bool:
+    """Reset VmHWM to the current RSS (Linux); False where that is not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["streamed", "declared"])
+async def test_an_answer_over_the_cap_fails_without_filling_memory(
+    tmp_path: Path, declared: bool
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    size, chunk = 200 * 1024 * 1024, b"\xff\xd8\xff" + bytes(1024 * 1024 - 3)
+    sent = [0]
+
+    async def flood(request: web.Request, seen: Seen) -> web.StreamResponse:
+        answer = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        if declared:
+            answer.content_length = size
+        await answer.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < size:
+                await answer.write(chunk)
+                sent[0] += len(chunk)
+        return answer
+
+    if not _peak_rss_reset():
+        pytest.skip("cannot reset the peak RSS here")
+    before = _peak_rss_bytes()
+    async with web_server(flood) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep())
+    growth = _peak_rss_bytes() - before
+    assert growth < 100 * 1024 * 1024, f"peak RSS grew by {growth / 2**20:.0f} MB"
+    assert sent[0] < size  # the client stopped reading; the server could not finish
+    assert seen.requests == 1 and result.totals.failed == 1
+    assert result.totals.spent == pytest.approx(PRICE)
+    failed = next(r for r in lines(out) if r["status"] == "failed")
+    assert (failed["billed"], failed["retryable"]) == ("billed", False)
+    assert "cap" in failed["error"]
+
+
+# -- 3. a 429 never stalls a night ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Retry-After": "3600"},
+        {"x-rate-limit-reset-at-utc": "2031-01-01T00:00:00Z"},
+    ],
+)
+async def test_a_long_wait_asked_for_is_capped(
+    tmp_path: Path, headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+
+    async def limited(request: web.Request, seen: Seen) -> web.StreamResponse:
+        if seen.requests <= 3:
+            return web.json_response({"error": "rate limited"}, status=429, headers=headers)
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    sleep = FakeSleep()
+    with caplog.at_level(logging.WARNING, logger="batchgen"):
+        async with web_server(limited) as (api_base, seen):
+            result = await run_against(api_base, m, out, sleep=sleep)
+    assert result.totals.succeeded == 1 and seen.requests == 4
+    assert max(sleep.pauses) == pytest.approx(60.0)  # never the hour (or years) asked for
+    assert sleep.now <= 3 * 60 + 5
+    capped = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
+    assert len(capped) == 1 and capped[0].startswith("waiting 60 s: the service asked for")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "inf", "nan", "Thu, 01 Jan 2015 00:00:00 GMT"])
+async def test_a_useless_retry_after_means_our_own_backoff(tmp_path: Path, value: str) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+
+    async def limited(request: web.Request, seen: Seen) -> web.StreamResponse:
+        if seen.requests <= 4:
+            return web.json_response({"error": "slow"}, status=429, headers={"Retry-After": value})
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    sleep = FakeSleep()
+    async with web_server(limited) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=sleep, rpm=6000)
+    assert result.totals.succeeded == 1 and seen.requests == 5
+    assert [p for p in sleep.pauses if p >= 1.0][:4] == [2.0, 4.0, 8.0, 16.0]
+
+
+# -- 4. a request that never left is not possibly billed ------------------------------
+
+
+def closes_idle_connections(delays: list[float]) -> Connection:
+    """Answers one request per connection, keep-alive as HTTP/1.1 implies, no
+    `Connection: close`, then drops the connection: at once, or after a few ms idle,
+    by turns. A request sent on it meanwhile is never read."""
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen
+    ) -> None:
+        request = await read_request(reader)
+        if request is None:
+            return
+        seen.requests += 1
+        seen.keys.append(request.header("x-api-key") or "")
+        writer.write(response("200 OK", JPEG, "Content-Type: image/jpeg"))
+        await writer.drain()
+        seen.answered += 1
+        await asyncio.sleep(delays[seen.answered % len(delays)])
+
+    return handle
+
+
+async def test_kept_alive_connections_closed_silently_cost_nothing(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=10, prompts=5, seeds=4)  # 200 jobs
+    out = tmp_path / "out"
+    handler = closes_idle_connections([0.0, 0.002, 0.01])
+    async with raw_server(handler) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep(), concurrency=8)
+    totals = result.totals
+    assert (totals.succeeded, totals.failed, totals.stopped) == (200, 0, None)
+    assert seen.requests == 200  # every image made once, none twice
+    assert totals.possibly_billed == 0 and totals.spent == pytest.approx(200 * PRICE)
+    records = lines(out)
+    assert not [r for r in records if r.get("billed") in ("maybe", "billed")]
+    # what failed went out on a connection the server had closed: sent again at once
+    # (after MAX_STALE_RESENDS in a row for one job, with a backoff), never billed
+    resends = [r for r in records if r["status"] == "retry"]
+    assert all(r["billed"] == "no" and r["cost"] == 0 for r in resends)
+    assert all("already closed" in r["error"] for r in resends), {r["error"] for r in resends}
+
+
+async def test_a_request_read_then_dropped_is_possibly_billed(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with raw_server(scripted(AndClose(b""))) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep())
+    assert seen.requests == 2 and result.totals.succeeded == 1
+    assert result.totals.possibly_billed == pytest.approx(PRICE)
+    retry = next(r for r in lines(out) if r["status"] == "retry")
+    assert (retry["billed"], retry["http_status"], retry["cost"]) == ("maybe", None, PRICE)
+    assert "already closed" not in retry["error"]  # a new connection: it may have run
+
+
+# -- 5. a bad API base is a usage error -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "env"),
+    [
+        ("not-a-url", None),
+        ("ftp://x", None),
+        ("http://", None),
+        ("https:///v1", None),
+        ("", None),
+        (None, "not-a-url"),
+        (None, "ftp://x"),
+        (None, "http://"),
+    ],
+)
+def test_a_bad_api_base_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str | None,
+    env: str | None,
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    monkeypatch.setenv("SEGMIND_API_KEY", KEY)
+    if env is not None:
+        monkeypatch.setenv("SEGMIND_API_BASE", env)
+    argv = ["run", str(m), "--out", str(out), "--no-progress"]
+    argv += ["--api-base", flag] if flag is not None else []
+    assert main(argv) == 2
+    message = capsys.readouterr().err
+    assert ("--api-base" if flag is not None else "SEGMIND_API_BASE") in message
+    assert repr(flag if flag is not None else env) in message
+    assert not out.exists()  # nothing planned, nothing written, nothing sent
