@@ -329,7 +329,8 @@ class LedgerWriter:
         self.tag = path.name.removesuffix(".jsonl")  # names this ledger's temp files
         self._fd = -1
         self._pending: list[_Entry] = []
-        self._folders: set[str] = set()  # output folders known to exist
+        self._folders: dict[str, int] = {}  # output folders known to exist: their device
+        self._device = -1  # the ledger's
         self._dirty = False  # lines written by append_now and not yet fsync'd
         self._last: asyncio.Future[WriteFailure | None] | None = None
         self._failed: LedgerError | None = None
@@ -342,6 +343,7 @@ class LedgerWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _cut_torn_tail(self.path)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._device = os.fstat(self._fd).st_dev
         except OSError as err:
             raise LedgerError(f"{self.path}: cannot write the ledger: {err.strerror}") from None
         self._task = asyncio.create_task(self._commit_loop(), name="ledger-writer")
@@ -426,20 +428,30 @@ class LedgerWriter:
                 entry.waiter.set_result(failures.get(entry))
 
     async def _commit(self, entries: list[_Entry]) -> dict[_Entry, WriteFailure]:
-        """Files in place, then lines appended, then one fsync of the ledger."""
-        failures = await self._place([entry for entry in entries if entry.output is not None])
+        """Files written, synced and renamed; then the lines appended; then one sync
+        that makes both the renames and the lines durable.
+
+        Two syncs a commit, not three: the folders' sync and the ledger's are one call
+        (one syncfs when they share a filesystem). A power cut between the two could
+        leave a `succeeded` line whose rename was lost; the resume then finds no file
+        and runs the job again, so the bound on images paid twice still holds, while
+        a rename never points at a file whose bytes are not on disk."""
+        files = [entry for entry in entries if entry.output is not None]
+        failures, folders = await self._place(files) if files else ({}, set())
         data = b"".join(
             encode(unwritten(entry.record, failures[entry]) if entry in failures else entry.record)
             for entry in entries
         )
-        self._dirty = False  # the fsync below covers lines appended before this point
+        self._dirty = False  # the sync below covers lines appended before this point
         _write_all(self._fd, data)
-        await asyncio.to_thread(os.fsync, self._fd)
+        same_disk = all(self._folders[folder] == self._device for folder in folders)
+        await asyncio.to_thread(outputs.make_durable_with, folders, self._fd, same_disk)
         self.fsyncs += 1
         return failures
 
-    async def _place(self, entries: list[_Entry]) -> dict[_Entry, WriteFailure]:
-        """Write, sync and rename each entry's file; what fails is returned, not raised.
+    async def _place(self, entries: list[_Entry]) -> tuple[dict[_Entry, WriteFailure], set[str]]:
+        """Write, sync and rename each entry's file; what fails is returned, not raised,
+        with the folders whose renames are still to be made durable.
 
         Quick system calls (create, write, rename) run here on the event loop; only the
         waits for the disk (a batch's syncfs or fsyncs) go to a thread, each as one call.
@@ -454,12 +466,12 @@ class LedgerWriter:
                 folder = os.path.dirname(path)
                 if folder not in self._folders:
                     os.makedirs(folder, exist_ok=True)
-                    self._folders.add(folder)
+                    self._folders[folder] = os.stat(folder).st_dev
                 staged.append((entry, outputs.stage(path, content, self.tag)))
             except OSError as err:
                 failures[entry] = WriteFailure(path, err)
         if not staged:
-            return failures
+            return failures, set()
         try:
             await asyncio.to_thread(outputs.make_durable, [item for _, item in staged])
         except OSError:
@@ -470,24 +482,18 @@ class LedgerWriter:
                     failures[entry] = WriteFailure(item.path, err)
         finally:
             outputs.close_staged([item for _, item in staged])
-        published = []
+        folders = set()
         for entry, item in staged:
             try:
                 if entry in failures:
                     raise failures[entry].error
                 os.replace(item.tmp, item.path)
-                published.append((entry, item))
+                folders.add(os.path.dirname(item.path))
             except OSError as err:
                 failures.setdefault(entry, WriteFailure(item.path, err))
                 with contextlib.suppress(OSError):
                     os.unlink(item.tmp)
-        folders = {os.path.dirname(item.path) for _, item in published}
-        try:
-            await asyncio.to_thread(outputs.make_durable_folders, folders)
-        except OSError as err:  # in place, but maybe not after a power cut: say so
-            for entry, item in published:
-                failures[entry] = WriteFailure(item.path, err)
-        return failures
+        return failures, folders
 
 
 def _write_all(fd: int, data: bytes) -> None:

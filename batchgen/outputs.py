@@ -365,13 +365,18 @@ def publish(staged: list[Staged]) -> None:
         os.replace(item.tmp, item.path)
 
 
-def make_durable_folders(folders: set[str]) -> None:
-    """Blocking: make the renames durable (one syncfs, or an fsync per folder)."""
-    if _syncfs is not None and len(folders) >= SYNCFS_MIN_FILES:
-        _sync_filesystem(next(iter(folders)))
+def make_durable_with(folders: set[str], fd: int, same_disk: bool) -> None:
+    """Blocking: make the renames in `folders` and the file open as `fd` (the ledger)
+    durable, as one syncfs where they share a filesystem and are several, else an
+    fsync of each folder and of the file."""
+    if _syncfs is not None and same_disk and len(folders) >= SYNCFS_MIN_FILES:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
         return
     for folder in folders:
         fsync_dir(folder)
+    os.fsync(fd)
 
 
 SYNCFS_MIN_FILES: Final = 4
