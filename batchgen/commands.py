@@ -18,10 +18,12 @@ from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
 from batchgen.plan import Plan, make_plan, render
-from batchgen.progress import Progress
+from batchgen.progress import Progress, stamped
 from batchgen.runner import RunOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+DEFAULT_CONCURRENCY = 8
+CONFIRM_ABOVE_USD = 5.0  # `run` on a terminal asks before spending more than this
 
 
 @dataclass(frozen=True)
@@ -227,14 +229,32 @@ def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: s
 
 
 def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
-    plan = prepared.plan
+    plan, logs = prepared.plan, not (bar and sys.stderr.isatty())  # logs: timestamped
     where = f" (shard {prepared.shard})" if prepared.shard else ""
-    print(
-        f"batchgen: {plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
-        f"run (about ${plan.estimated_cost:,.2f})",
-        file=sys.stderr,
-    )
+    lines = [
+        f"{plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
+        f"run (about ${plan.estimated_cost:,.2f})"
+    ]
+    if prepared.ledger_path in prepared.state.cut:  # no run_end: killed, or the machine died
+        owns = prepared.shard.owns if prepared.shard else None
+        lines.append(f"the last run was cut: {_in_flight(prepared.state.open_attempts(owns))}")
+    if plan.missing:
+        lines.append(f"{_missing(plan.missing)} and will be paid again")
+    for line in lines:
+        print(stamped(f"batchgen: {line}") if logs else f"batchgen: {line}", file=sys.stderr)
     return asyncio.run(run_with_progress(config, prepared, bar=bar))
+
+
+def _in_flight(count: int) -> str:
+    if count == 0:
+        return "no request was in flight"
+    if count == 1:
+        return "1 request was in flight and may have been billed"
+    return f"{count:,} requests were in flight and may have been billed"
+
+
+def _missing(count: int) -> str:
+    return f"{count:,} finished image{'s are' if count != 1 else ' is'} missing or changed on disk"
 
 
 async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
