@@ -268,19 +268,58 @@ async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: boo
 
 def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, jobs: int) -> int:
     totals = result.totals
-    resume = None
-    if totals.stopped or totals.failed or totals.skipped_failed:
-        words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
-        if getattr(args, "ledger", None):
-            words += ["--ledger", str(args.ledger)]
-        if getattr(args, "shard", None):
-            words += ["--shard", str(args.shard)]
-        resume = shlex.join(words)
-    print(report.render_run(result, out=config.out, ledger_path=config.ledger_path, resume=resume))
+    resume = retry_failed = None
+    if totals.stopped or totals.failed:  # failed for good before: only --retry-failed helps
+        resume = resume_command(args)
+    if (totals.failed or totals.skipped_failed) and not getattr(args, "retry_failed", False):
+        retry_failed = resume_command(args, "--retry-failed")
+    text = report.render_run(
+        result, out=config.out, ledger_path=config.ledger_path, resume=resume, retry=retry_failed
+    )
+    print(text)
     print(f"  gallery     {refresh_gallery(config.out, jobs)}")
     if totals.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED if totals.failed or totals.skipped_failed else EXIT_OK
+
+
+# Every `run` option that shapes a run, with its default: a resume hint repeats those the
+# user set, so pasting it after a budget stop does not run on without the cap.
+RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
+    ("--ledger", "ledger", None),
+    ("--shard", "shard", None),
+    ("--shard-count", "shard_count", None),
+    ("--api-base", "api_base", None),
+    ("--api-key-file", "api_key_file", None),
+    ("--concurrency", "concurrency", DEFAULT_CONCURRENCY),
+    ("--rpm", "rpm", None),
+    ("--rpm-total", "rpm_total", None),
+    ("--max-cost", "max_cost", None),
+    ("--max-attempts", "max_attempts", retry.MAX_ATTEMPTS),
+    ("--timeout", "timeout", retry.REQUEST_TIMEOUT_S),
+    ("--wait-lock", "wait_lock", 0.0),
+    ("--confirm-above", "confirm_above", CONFIRM_ABOVE_USD),
+    ("--retry-failed", "retry_failed", False),
+    ("--no-progress", "no_progress", False),
+    ("--yes", "yes", False),
+)
+
+
+def resume_command(args: argparse.Namespace, *extra: str) -> str:
+    """`batchgen run` with the manifest, --out and every option of this run that was not
+    left at its default (the demo's own defaults differ: it is resumed as a run)."""
+    words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
+    for flag, dest, default in RESUMED_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is None or value is False or value == default:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, float):
+            words += [flag, str(int(value)) if value.is_integer() else repr(value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join([*words, *extra])
 
 
 def ledger_files(given: list[Path]) -> list[Path]:

@@ -89,3 +89,64 @@ def test_a_rerun_says_what_it_found(
         assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 0
         err = capsys.readouterr().err
         assert "8 already done" in err and "cut" not in err and "missing" not in err
+
+
+def resume_line(stdout: str, name: str = "resume") -> list[str]:
+    found = re.search(rf"^  {name} +(batchgen .*?)(?:   #.*)?$", stdout, re.M)
+    assert found, stdout
+    return shlex.split(found[1])
+
+
+@pytest.mark.slow
+def test_the_resume_hint_repeats_every_flag_that_shaped_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = make_project(tmp_path, images=2, prompts=2, seeds=1)
+    out = tmp_path / "out"
+    with emulator_process() as emu:
+        key_file = tmp_path / "key"
+        key_file.write_text(emu.key)
+        argv = ["run", str(m), "--out", str(out), "--ledger", str(out / "mine.jsonl"),
+                "--api-base", emu.url, "--api-key-file", str(key_file), "--concurrency", "1",
+                "--rpm", "600", "--max-cost", "0.1", "--max-attempts", "3", "--timeout", "30.5",
+                "--wait-lock", "2", "--confirm-above", "7", "--no-progress"]  # fmt: skip
+        assert main(argv) == 3
+        stdout = capsys.readouterr().out
+        assert "the --max-cost budget of $0.10 is reached" in stdout
+        words = resume_line(stdout)
+        assert words[:2] == ["batchgen", "run"]
+        resumed = build_parser().parse_args(words[1:])
+        assert resumed.max_cost == 0.1 and resumed.rpm == 600
+        assert vars(resumed) == vars(build_parser().parse_args(argv))
+        assert "--retry-failed" not in stdout  # nothing failed
+
+        # the defaults are left out, so the hint stays short
+        plain = ["run", str(m), "--out", str(tmp_path / "plain"), "--api-base", emu.url,
+                 "--api-key-file", str(key_file), "--max-cost", "0"]  # fmt: skip
+        assert main(plain) == 3
+        words = resume_line(capsys.readouterr().out)
+        assert words[2:] == [str(m), "--out", str(tmp_path / "plain"), "--api-base", emu.url,
+                             "--api-key-file", str(key_file), "--max-cost", "0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_failures_for_good_point_at_retry_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = make_project(tmp_path, images=2, prompts=2, seeds=1)
+    out = tmp_path / "out"
+    with emulator_process("--script", "400") as emu:
+        monkeypatch.setenv("SEGMIND_API_KEY", emu.key)
+        monkeypatch.setenv("SEGMIND_API_BASE", emu.url)
+        argv = ["run", str(m), "--out", str(out), "--concurrency", "1", "--rpm", "600"]
+        assert main([*argv, "--no-progress"]) == 1
+        stdout = capsys.readouterr().out
+        retry = build_parser().parse_args(resume_line(stdout, "retry")[1:])
+        assert retry.retry_failed and retry.rpm == 600 and retry.concurrency == 1
+        assert main([*argv, "--no-progress"]) == 1  # the failure is skipped, and said so
+        stdout = capsys.readouterr().out
+        assert "(1 failed before, skipped)" in stdout
+        assert "  resume  " not in stdout  # the same command would do nothing more
+        assert resume_line(stdout, "retry")[-1] == "--retry-failed"
+        assert main(resume_line(stdout, "retry")[1:]) == 0  # the 400 was scripted once
+        assert emu.stats()["billed_total"] == 4
