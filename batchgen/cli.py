@@ -108,6 +108,16 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     run.add_argument(
+        "--confirm-above",
+        type=non_negative,
+        default=commands.CONFIRM_ABOVE_USD,
+        metavar="USD",
+        help="on a terminal, ask before a run estimated to cost more than this",
+    )
+    run.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask (as with --max-cost, or no terminal)"
+    )
+    run.add_argument(
         "--wait-lock",
         type=non_negative,
         default=0.0,

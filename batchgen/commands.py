@@ -184,9 +184,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     with runlock.hold(written, wait=args.wait_lock, on_wait=_tell):  # before any state is read
         prepared = prepare(args, ledger_file=args.ledger)
         check_room(args.out, prepared.plan.to_run)
+        if not confirmed(args, prepared.plan):
+            print("batchgen: not confirmed; nothing sent", file=sys.stderr)
+            return EXIT_USAGE
         config = batch_config(args, prepared, api_base, key)
         result = execute(config, prepared, bar=not args.no_progress)
     return finish(args, config, result, prepared.plan.jobs)
+
+
+def confirmed(args: argparse.Namespace, plan: Plan) -> bool:
+    """A person at a terminal says yes before a run above --confirm-above; --yes,
+    --max-cost (a cap was chosen) or no terminal on stdin (cron) never asks."""
+    cost = plan.estimated_cost
+    if args.yes or args.max_cost is not None or cost <= args.confirm_above:
+        return True
+    if sys.stdin is None or not sys.stdin.isatty():
+        return True
+    question = f"this will spend about ${cost:,.2f} on {plan.to_run:,} images; continue? [y/N] "
+    print(f"batchgen: {question}", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)  # Ctrl-C or Ctrl-D: the next line starts on its own
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _tell(line: str) -> None:

@@ -150,3 +150,76 @@ def test_failures_for_good_point_at_retry_failed(
         assert resume_line(stdout, "retry")[-1] == "--retry-failed"
         assert main(resume_line(stdout, "retry")[1:]) == 0  # the 400 was scripted once
         assert emu.stats()["billed_total"] == 4
+
+
+def expensive_project(root: Path) -> Path:
+    """8 jobs at $1 each: above the default --confirm-above of $5."""
+    m = make_project(root, images=2, prompts=2, seeds=2)
+    m.write_text("price: 1.0\n" + m.read_text())
+    return m
+
+
+def run_on_a_terminal(*args: str, env: dict[str, str], answer: str | None) -> tuple[int, str, str]:
+    """`batchgen run ARGS` with stdin on a pseudo-terminal; `answer` is typed once the
+    question is on stderr (None: no question is expected, nothing is typed)."""
+    master, slave = pty.openpty()
+    process = batchgen("run", *args, env=env, stdin=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        if answer is not None:
+            assert process.stderr is not None
+            deadline = time.monotonic() + 30
+            while b"[y/N] " not in seen and time.monotonic() < deadline:
+                ready, _, _ = select.select([process.stderr], [], [], 0.1)
+                if ready:
+                    chunk = os.read(process.stderr.fileno(), 4096)
+                    assert chunk, seen  # the question came before stderr closed
+                    seen += chunk
+            os.write(master, answer.encode() + b"\n")
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        os.close(master)
+    return process.returncode, stdout, seen.decode() + stderr
+
+
+@pytest.mark.slow
+def test_a_big_run_asks_first_on_a_terminal(tmp_path: Path) -> None:
+    m = expensive_project(tmp_path)
+    with emulator_process() as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        code, stdout, stderr = run_on_a_terminal(
+            str(m), "--out", str(tmp_path / "no"), env=env, answer="n"
+        )
+        question = "batchgen: this will spend about $8.00 on 8 images; continue? [y/N] "
+        assert question in stderr
+        assert code == 2 and "nothing sent" in stderr and stdout == ""
+        assert emu.stats()["requests_total"] == 0
+        assert not (tmp_path / "no" / "ledger.jsonl").exists()
+
+        code, _, stderr = run_on_a_terminal(
+            str(m), "--out", str(tmp_path / "yes"), "--no-progress", env=env, answer="yes"
+        )
+        assert question in stderr and code == 0, stderr
+        assert emu.stats()["requests_total"] == 8
+
+        for skip in (["--yes"], ["--max-cost", "20"], ["--confirm-above", "8"]):
+            out = tmp_path / f"skip-{skip[0].strip('-')}"
+            code, _, stderr = run_on_a_terminal(
+                str(m), "--out", str(out), "--no-progress", *skip, env=env, answer=None
+            )
+            assert code == 0 and "continue?" not in stderr, (skip, stderr)
+        assert emu.stats()["requests_total"] == 8 * 4
+
+
+@pytest.mark.slow
+def test_without_a_terminal_it_never_asks(tmp_path: Path) -> None:
+    m = expensive_project(tmp_path)
+    with emulator_process() as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        process = batchgen(
+            "run", str(m), "--out", str(tmp_path / "out"), env=env, stdin=subprocess.PIPE
+        )
+        _, stderr = process.communicate(input="n\n", timeout=60)  # cron: nobody to ask
+        assert process.returncode == 0 and "continue?" not in stderr, stderr
+        assert emu.stats()["requests_total"] == 8
