@@ -14,11 +14,38 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from batchgen import __version__, api, commands, retry
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError, LockedError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option with a default says it, like
+    ArgumentDefaultsHelpFormatter, unless its help already does (`default 0: ...`)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        quiet = default is None or default is False or default == argparse.SUPPRESS
+        if quiet or not action.option_strings or "default" in text.lower():
+            return action.help
+        if isinstance(default, float) and default.is_integer():
+            default = int(default)
+        shown = "none" if default == () else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+
+
+def _command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with its one-line summary and shows defaults."""
+    kwargs.setdefault("description", f"{summary[0].upper()}{summary[1:]}.")
+    return subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    inspect = subparsers.add_parser("inspect", help="print the parameters an image was made with")
-    inspect.add_argument("image", type=Path)
+    inspect = _command(subparsers, "inspect", "print the parameters an image was made with")
+    inspect.add_argument("image", type=Path, help="an image batchgen wrote")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=commands.cmd_inspect)
 
 
 def _add_gallery(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gallery = subparsers.add_parser(
-        "gallery", help="write a self-contained HTML contact sheet from ledgers"
+    gallery = _command(
+        subparsers, "gallery", "write a self-contained HTML contact sheet from ledgers"
     )
     gallery.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
     gallery.add_argument("-o", "--output", type=Path, help="default: gallery.html by the ledger")
@@ -57,8 +84,8 @@ def _add_gallery(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    plan = subparsers.add_parser(
-        "plan", help="dry run: jobs, what is done, what the rest will cost (no network)"
+    plan = _command(
+        subparsers, "plan", "dry run: jobs, what is done, what the rest will cost (no network)"
     )
     plan.add_argument("manifest", type=Path, help="YAML manifest or CSV of jobs")
     where = plan.add_mutually_exclusive_group()
@@ -75,13 +102,13 @@ def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser(
+    run = _command(
+        subparsers,
         "run",
-        help="run a manifest: concurrent, rate-limited, resumable",
+        "run a manifest: concurrent, rate-limited, resumable",
         description="Run every job of a manifest that is not done yet. The key comes from "
         "SEGMIND_API_KEY (or --api-key-file); a rerun with the same --out resumes.",
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("manifest", type=Path, help="YAML manifest or CSV of jobs")
     _add_run_options(run)
@@ -93,7 +120,12 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ledger", type=Path, help="ledger file (default OUT/ledger.jsonl)")
     run.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     run.add_argument("--api-key-file", type=Path, help="read the key from this file")
-    run.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight")
+    run.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=commands.DEFAULT_CONCURRENCY,
+        help="requests in flight",
+    )
     run.add_argument("--rpm", type=positive, help="requests per minute (your plan's limit)")
     run.add_argument("--max-cost", type=non_negative, help="hard cap on USD this run spends")
     run.add_argument(
@@ -107,6 +139,16 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    run.add_argument(
+        "--confirm-above",
+        type=non_negative,
+        default=commands.CONFIRM_ABOVE_USD,
+        metavar="USD",
+        help="on a terminal, ask before a run estimated to cost more than this",
+    )
+    run.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask (as with --max-cost, or no terminal)"
+    )
     run.add_argument(
         "--wait-lock",
         type=non_negative,
@@ -135,30 +177,30 @@ def _add_shard_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rep = subparsers.add_parser("report", help="summarise one or more ledgers (or folders)")
+    rep = _command(subparsers, "report", "summarise one or more ledgers (or folders)")
     rep.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.set_defaults(handler=commands.cmd_report)
 
 
 def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = subparsers.add_parser(
-        "demo", help="run the demo manifest against the bundled emulator (no key, no network)"
+    demo = _command(
+        subparsers,
+        "demo",
+        "run the demo manifest against the bundled emulator (no key, no network)",
     )
-    demo.add_argument("--manifest", type=Path, default=Path("jobs/demo.yaml"))
-    demo.add_argument("--out", type=Path, default=Path("demo-out"))
+    demo.add_argument("--manifest", type=Path, default=Path("jobs/demo.yaml"), help="what to run")
+    demo.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder")
     demo.add_argument("--latency", type=float, default=1.5, help="emulated seconds per image")
-    demo.add_argument("--concurrency", type=positive_int, default=4)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight")
+    demo.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     demo.set_defaults(handler=commands.cmd_demo)
 
 
 def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from batchgen import emulator_serve
 
-    emu = subparsers.add_parser(
-        "emulator", help="serve the bundled emulator of the API on loopback"
-    )
+    emu = _command(subparsers, "emulator", "serve the bundled emulator of the API on loopback")
     emulator_serve.add_arguments(emu)
     emu.set_defaults(handler=emulator_serve.run_from_args)  # its own exit codes
 

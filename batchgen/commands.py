@@ -20,10 +20,12 @@ from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
 from batchgen.plan import Plan, make_plan, render
-from batchgen.progress import Progress
+from batchgen.progress import Progress, stamped
 from batchgen.runner import RunOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+DEFAULT_CONCURRENCY = 8
+CONFIRM_ABOVE_USD = 5.0  # `run` on a terminal asks before spending more than this
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     with runlock.hold(written, wait=args.wait_lock, on_wait=_tell):  # before any state is read
         prepared = prepare(args, ledger_file=args.ledger)
         check_room(args.out, prepared.plan.to_run)
+        if not confirmed(args, prepared.plan):
+            print("batchgen: not confirmed; nothing sent", file=sys.stderr)
+            return EXIT_USAGE
         config = batch_config(args, prepared, base, key)
         result = execute(config, prepared, bar=not args.no_progress)
     return finish(args, config, result, prepared.plan.jobs)
+
+
+def confirmed(args: argparse.Namespace, plan: Plan) -> bool:
+    """A person at a terminal says yes before a run above --confirm-above; --yes,
+    --max-cost (a cap was chosen) or no terminal on stdin (cron) never asks."""
+    cost = plan.estimated_cost
+    if args.yes or args.max_cost is not None or cost <= args.confirm_above:
+        return True
+    if sys.stdin is None or not sys.stdin.isatty():
+        return True
+    question = f"this will spend about ${cost:,.2f} on {plan.to_run:,} images; continue? [y/N] "
+    print(f"batchgen: {question}", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):
+        print(file=sys.stderr)  # Ctrl-C or Ctrl-D: the next line starts on its own
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _tell(line: str) -> None:
@@ -249,14 +273,32 @@ def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: s
 
 
 def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
-    plan = prepared.plan
+    plan, logs = prepared.plan, not (bar and sys.stderr.isatty())  # logs: timestamped
     where = f" (shard {prepared.shard})" if prepared.shard else ""
-    print(
-        f"batchgen: {plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
-        f"run (about ${plan.estimated_cost:,.2f})",
-        file=sys.stderr,
-    )
+    lines = [
+        f"{plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
+        f"run (about ${plan.estimated_cost:,.2f})"
+    ]
+    if prepared.ledger_path in prepared.state.cut:  # no run_end: killed, or the machine died
+        owns = prepared.shard.owns if prepared.shard else None
+        lines.append(f"the last run was cut: {_in_flight(prepared.state.open_attempts(owns))}")
+    if plan.missing:
+        lines.append(f"{_missing(plan.missing)} and will be paid again")
+    for line in lines:
+        print(stamped(f"batchgen: {line}") if logs else f"batchgen: {line}", file=sys.stderr)
     return asyncio.run(run_with_progress(config, prepared, bar=bar))
+
+
+def _in_flight(count: int) -> str:
+    if count == 0:
+        return "no request was in flight"
+    if count == 1:
+        return "1 request was in flight and may have been billed"
+    return f"{count:,} requests were in flight and may have been billed"
+
+
+def _missing(count: int) -> str:
+    return f"{count:,} finished image{'s are' if count != 1 else ' is'} missing or changed on disk"
 
 
 async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
@@ -270,19 +312,58 @@ async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: boo
 
 def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, jobs: int) -> int:
     totals = result.totals
-    resume = None
-    if totals.stopped or totals.failed or totals.skipped_failed:
-        words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
-        if getattr(args, "ledger", None):
-            words += ["--ledger", str(args.ledger)]
-        if getattr(args, "shard", None):
-            words += ["--shard", str(args.shard)]
-        resume = shlex.join(words)
-    print(report.render_run(result, out=config.out, ledger_path=config.ledger_path, resume=resume))
+    resume = retry_failed = None
+    if totals.stopped or totals.failed:  # failed for good before: only --retry-failed helps
+        resume = resume_command(args)
+    if (totals.failed or totals.skipped_failed) and not getattr(args, "retry_failed", False):
+        retry_failed = resume_command(args, "--retry-failed")
+    text = report.render_run(
+        result, out=config.out, ledger_path=config.ledger_path, resume=resume, retry=retry_failed
+    )
+    print(text)
     print(f"  gallery     {refresh_gallery(config.out, jobs)}")
     if totals.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED if totals.failed or totals.skipped_failed else EXIT_OK
+
+
+# Every `run` option that shapes a run, with its default: a resume hint repeats those the
+# user set, so pasting it after a budget stop does not run on without the cap.
+RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
+    ("--ledger", "ledger", None),
+    ("--shard", "shard", None),
+    ("--shard-count", "shard_count", None),
+    ("--api-base", "api_base", None),
+    ("--api-key-file", "api_key_file", None),
+    ("--concurrency", "concurrency", DEFAULT_CONCURRENCY),
+    ("--rpm", "rpm", None),
+    ("--rpm-total", "rpm_total", None),
+    ("--max-cost", "max_cost", None),
+    ("--max-attempts", "max_attempts", retry.MAX_ATTEMPTS),
+    ("--timeout", "timeout", retry.REQUEST_TIMEOUT_S),
+    ("--wait-lock", "wait_lock", 0.0),
+    ("--confirm-above", "confirm_above", CONFIRM_ABOVE_USD),
+    ("--retry-failed", "retry_failed", False),
+    ("--no-progress", "no_progress", False),
+    ("--yes", "yes", False),
+)
+
+
+def resume_command(args: argparse.Namespace, *extra: str) -> str:
+    """`batchgen run` with the manifest, --out and every option of this run that was not
+    left at its default (the demo's own defaults differ: it is resumed as a run)."""
+    words = ["batchgen", "run", str(args.manifest), "--out", str(args.out)]
+    for flag, dest, default in RESUMED_OPTIONS:
+        value = getattr(args, dest, None)
+        if value is None or value is False or value == default:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, float):
+            words += [flag, str(int(value)) if value.is_integer() else repr(value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join([*words, *extra])
 
 
 def ledger_files(given: list[Path]) -> list[Path]:

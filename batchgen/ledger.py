@@ -37,7 +37,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,6 +239,15 @@ class LedgerState:
             record.intact = same_size and _digest_matches(path, record.sha256)
             record.checked = key
         return record.intact
+
+    def open_attempts(self, owns: Callable[[str], bool] | None = None) -> int:
+        """Jobs whose last line is `started`: a request sent with no outcome recorded (in
+        flight when a run was killed), maybe billed. `owns` keeps one shard's jobs: its
+        siblings' ledgers, beside it in --out, may be running right now."""
+        return sum(
+            record.status == "started" and (owns is None or owns(job_id))
+            for job_id, record in self.records.items()
+        )
 
     def failed_for_good(self, job_id: str) -> bool:
         record = self.records.get(job_id)

@@ -32,6 +32,7 @@ class Plan:
     shard: str | None = None  # "I/N" when this plan covers one shard
     shards: list[dict[str, int]] = field(default_factory=list)  # the split, per shard
     skipped: tuple[Skipped, ...] = ()  # input files left out: outputs are never inputs
+    missing: int = 0  # succeeded before, but the image is gone or changed: paid again
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +70,7 @@ def make_plan(
 ) -> Plan:
     """Counts in one pass over the jobs; with `split_into` N, also the jobs and the jobs
     still to run in each of N shards (what `plan --shard-count N` shows)."""
-    total = done = failed = 0
+    total = done = failed = missing = 0
     split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(split_into or 0)]
     for job in jobs:
         total += 1
@@ -77,6 +78,8 @@ def make_plan(
         finished = known and state.is_done(job.job_id)
         if finished:
             done += 1
+        elif known and state.records[job.job_id].status == "succeeded":
+            missing += 1
         elif known and not retry_failed and state.failed_for_good(job.job_id):
             failed += 1
         if split:
@@ -98,6 +101,7 @@ def make_plan(
         shard=shard,
         shards=split,
         skipped=skipped,
+        missing=missing,
     )
 
 
@@ -125,6 +129,12 @@ def render(plan: Plan) -> str:
         f"jobs       {plan.jobs:,}" + (f" in shard {plan.shard}" if plan.shard else ""),
         f"done       {plan.done:,}",
     ]
+    if plan.missing:
+        images = "image is" if plan.missing == 1 else "images are"
+        lines.append(
+            f"missing    {plan.missing:,} finished {images} missing or changed on disk "
+            "and will be paid again"
+        )
     if plan.failed:
         lines.append(f"failed     {plan.failed:,} (skipped; --retry-failed runs them again)")
     lines.append(f"to run     {plan.to_run:,}")

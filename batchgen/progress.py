@@ -1,6 +1,7 @@
 """What a person watching a run sees: a tqdm bar on a terminal, log lines otherwise.
 
-Cron logs get one summary line every few seconds instead of a bar's control codes.
+Cron logs get one summary line every few seconds instead of a bar's control codes,
+each line stamped with the time in UTC (`2026-12-01T02:00:03Z batchgen: ...`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from tqdm import tqdm
 from batchgen import events
 
 LOG_INTERVAL_S = 5.0
+
+
+def stamped(line: str, now: float | None = None) -> str:
+    """A log line with its time first: UTC to the second, ISO 8601 (`...T02:00:03Z`)."""
+    when = time.gmtime(time.time() if now is None else now)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', when)} {line}"
 
 
 class Progress:
@@ -79,7 +86,7 @@ class Progress:
         if self._bar is not None:
             self._bar.write(f"batchgen: {text}", file=self.stream)
         else:
-            print(f"batchgen: {text}", file=self.stream, flush=True)
+            print(stamped(f"batchgen: {text}"), file=self.stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -174,8 +174,16 @@ def _money(
     return lines
 
 
-def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str | None) -> str:
-    """The end-of-run summary: this run's figures, where things went, how to resume."""
+def render_run(
+    result: BatchResult,
+    *,
+    out: Path,
+    ledger_path: Path,
+    resume: str | None,
+    retry: str | None = None,
+) -> str:
+    """The end-of-run summary: this run's figures, where things went, how to resume
+    (`resume`) and how to run the jobs that failed for good again (`retry`)."""
     totals = result.totals
     head = "stopped early" if totals.stopped else "finished"
     lines = [
@@ -187,7 +195,7 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
         + (f" ({totals.skipped_failed:,} failed before, skipped)" if totals.skipped_failed else ""),
     ]
     lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
-    if totals.skipped_failed:
+    if totals.skipped_failed and retry is None:
         lines.append("              (--retry-failed runs the jobs that failed before again)")
     if totals.unwritten:
         lines.append(f"  unwritten   {totals.unwritten:,} {UNWRITTEN}")
@@ -205,4 +213,6 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
     lines.append(f"  ledger      {ledger_path}")
     if resume:
         lines.append(f"  resume      {resume}")
+    if retry:
+        lines.append(f"  retry       {retry}   # also the jobs that failed for good")
     return "\n".join(lines)

@@ -62,6 +62,7 @@ def test_plan_counts_done_jobs_from_the_ledger(
     (out / "ledger.jsonl").write_bytes(b"".join(lines))
     again = plan_json(capsys, m, "--out", str(out))
     assert (again["done"], again["failed"], again["to_run"]) == (1, 1, 10)
+    assert again["missing"] == 1  # succeeded, but missing.jpg is not there: paid again
     assert again["estimated_cost"] == pytest.approx(0.50)
     retry = plan_json(capsys, m, "--ledger", str(out / "ledger.jsonl"), "--retry-failed")
     assert retry["to_run"] == 11

@@ -58,6 +58,7 @@ def test_sigkill_mid_run_then_resume_never_pays_twice_for_finished_work(tmp_path
         final = batchgen("run", str(m), "--out", str(out), "--no-progress", env=env)
         _, stderr = final.communicate(timeout=60)
         assert final.returncode == 0, stderr
+        assert "batchgen: the last run was cut: " in stderr  # killed: it says what it found
         charges = emu.stats()["charges"]
     jobs = list(grid.expand(manifest.load(m)))
     succeeded, open_attempts = ledger_state(out)
