@@ -1,15 +1,20 @@
 """A contact sheet people can look at: one self-contained HTML page from ledgers alone.
 
-Rows are source images, columns the combinations of whatever else varies across the
-jobs (prompt, seed, style...), cells thumbnails linking to the full image, or the
-error, or "pending". It opens from the file system: relative links, inline CSS and a
-little vanilla JS whose filters (status, prompt, source image) live in the URL hash,
-so a filtered view can be shared. Thumbnails are made once with Pillow into `thumbs/`,
-named by the image's sha256 and size, and loaded lazily: a resumed run's gallery only
-makes the new ones. Every text that came from a manifest is escaped: a prompt is user
-input, and the page runs script (no JSON is embedded in it: the filters read data-*
-attributes). Several ledgers merge by `ledger.LedgerState`'s rule: the last word wins,
-except that a success is never forgotten.
+Rows are source images, columns the grid's other axes as a manifest states them:
+prompt x seed slot x any other parameter that varies (one never varying, or unset, is
+no heading). A seed `seed: {count: N}` derived is in slot #1..N, recomputed from the
+job's own parameters as `grid` derives it (other seeds: by value when rows share them,
+else by rank in the ledger); the seed itself is in each cell's caption. Cells are
+thumbnails linking to the full image, or the error, or "pending". It opens from the
+file system: relative links, inline CSS and a little vanilla JS whose filters (status,
+prompt, source image) and choice of the axis that goes across live in the URL hash, so
+a view can be shared; the headings stay in sight as the sheet scrolls. Thumbnails are
+made once with Pillow into `thumbs/`, named by the image's sha256 and size, and loaded
+lazily: a resumed run's gallery only makes the new ones. Every text that came from a
+manifest is escaped: a prompt is user input, and the page runs script (no JSON is
+embedded in it: the filters and the layout read data-* attributes and `#axes`).
+Several ledgers merge by `ledger.LedgerState`'s rule: the last word wins, except that
+a success is never forgotten.
 """
 
 from __future__ import annotations
@@ -274,11 +279,11 @@ def seed_keys(cells: Sequence[Cell]) -> dict[str, SeedKey]:
     owners = Counter(seed for seeds in others.values() for seed in seeds)
     for group, seeds in others.items():
         alone = [seed for seed in seeds if owners[seed] == 1]
+        place: dict[int, SeedKey] = {seed: ("rank", k) for k, seed in enumerate(alone, start=1)}
+        place.update((seed, ("value", seed)) for seed in seeds if owners[seed] > 1)
         for cell in groups[group]:
-            seed = _seed_of(cell.params) or 0
-            if seed in seeds:
-                shared = owners[seed] > 1
-                keys[cell.job_id] = ("value", seed) if shared else ("rank", alone.index(seed) + 1)
+            if (seed := _seed_of(cell.params) or 0) in place:
+                keys[cell.job_id] = place[seed]
     return keys
 
 
