@@ -60,16 +60,22 @@ def job_id(model: str, params: Mapping[str, Any]) -> str:
 
 def derive_seeds(model: str, params: Mapping[str, Any], count: int) -> list[int]:
     """`count` distinct seeds in range, a pure function of the rest of the job."""
+    return list(itertools.islice(seed_sequence(model, params), count))
+
+
+def seed_sequence(model: str, params: Mapping[str, Any]) -> Iterator[int]:
+    """The distinct seeds `seed: {count: N}` takes the first N of, in order, for a job
+    without its seed. A local image may be given as `{"sha256": ...}` (as a ledger
+    records it): its identity is its digest either way, so the gallery can tell a
+    derived seed's slot from the ledger alone."""
     base = _identity(model, params).encode()
-    seeds: list[int] = []
+    seen: set[int] = set()
     for i in itertools.count():
         digest = hashlib.sha256(base + b"#%d" % i).digest()
         seed = api.SEED_RANGE[0] + int.from_bytes(digest[:8], "big") % _SEED_SPAN
-        if seed not in seeds:
-            seeds.append(seed)
-            if len(seeds) == count:
-                return seeds
-    raise AssertionError("unreachable")
+        if seed not in seen:
+            seen.add(seed)
+            yield seed
 
 
 @functools.lru_cache(maxsize=1)

@@ -117,6 +117,14 @@ class Browser:
         )
         return session
 
+    async def reload(self, session: str) -> None:
+        """Reload the tab, as F5 does, and wait for the new document to be loaded."""
+        await self.evaluate(session, "window.__before_reload = true")
+        await self.call("Page.reload", session)
+        await self.wait_for(
+            session, "!window.__before_reload && document.readyState === 'complete'"
+        )
+
     async def wait_for(self, session: str, expression: str) -> Any:
         """Poll until `expression` is truthy; its value. Pages load and images decode on
         their own time: a fixed sleep would be either flaky or slow."""
@@ -157,3 +165,21 @@ class Browser:
     async def screenshot(self, session: str, path: Path) -> None:
         shot = await self.call("Page.captureScreenshot", session, format="png")
         await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+
+    async def choose(self, session: str, selector: str, value: str) -> None:
+        """Pick `value` in a <select> as a person does with the keyboard: focus it, then
+        arrow up or down to the option (a closed listbox changes, and says `change`, at
+        each step), so the page sees the very events a choice makes."""
+        steps = await self.evaluate(
+            session,
+            f"(function () {{ var s = document.querySelector({json.dumps(selector)}); s.focus();"
+            f" return Array.from(s.options).findIndex(o => o.value === {json.dumps(value)})"
+            " - s.selectedIndex; })()",
+        )
+        key, code = ("ArrowDown", 40) if steps > 0 else ("ArrowUp", 38)
+        for _ in range(abs(steps)):
+            for kind in ("rawKeyDown", "keyUp"):
+                await self.call(
+                    "Input.dispatchKeyEvent", session, type=kind, key=key, code=key,
+                    windowsVirtualKeyCode=code,
+                )  # fmt: skip

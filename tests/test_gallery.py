@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import pytest
 from PIL import Image
 
-from batchgen import gallery, ledger
+from batchgen import api, gallery, grid, ledger, manifest
 from batchgen.cli import main
 from tests.browser import Browser, find_chromium
 from tests.helpers import make_image, write
@@ -131,7 +131,7 @@ async def test_sources_found_from_anywhere_and_only_if_unchanged(
     monkeypatch.chdir(elsewhere)
     make_image(tmp_path / "photos" / "p1.jpg", colour=7)  # edited since it was sent
     html = gallery.write_gallery(ledger.ledgers_in(out), elsewhere / "sheet.html").read_text()
-    sources = re.findall(r'<th class="source" title="([^"]*)">(<img )?', html)
+    sources = re.findall(r'<th class="source" data-source="\d+" title="([^"]*)">(<img )?', html)
     assert sorted((name, bool(img)) for name, img in sources) == [
         ("photos/p0.jpg", True), ("photos/p1.jpg", False), ("photos/p2.jpg", True)
     ]  # fmt: skip
@@ -188,3 +188,198 @@ async def test_filters_in_a_real_browser(out: Path) -> None:
         assert await browser.evaluate(tab, visible) == hostile_successes(page)
     with Image.open(out / "failed.png") as shot:
         assert shot.width == 1280 and shot.height > 600
+
+
+# -- the axes: derived seeds by slot, what varies and nothing else --------------------------
+
+
+def seeded(
+    image: str, prompt: str, seed: int | None, model: str = api.MODEL, **more: object
+) -> gallery.Cell:
+    """A job as a ledger records it (defaults filled in, a local image by path and digest)."""
+    params: dict[str, object] = {
+        **api.DEFAULTS, "image_file": {"path": image, "sha256": image * 8},
+        "prompt": prompt, **more, "model": model,
+    }  # fmt: skip
+    if seed is not None:
+        params["seed"] = seed
+    return gallery.Cell(f"{image}-{prompt}-{seed}-{sorted(more.items())}", params=params)
+
+
+def derived(image: str, prompt: str, count: int, **more: object) -> list[gallery.Cell]:
+    """The jobs `seed: {count: N}` makes, their seeds derived as grid.py derives them."""
+    request = {
+        **api.DEFAULTS, "image_file": {"sha256": image * 8}, "prompt": prompt, **more,
+    }  # fmt: skip
+    return [
+        seeded(image, prompt, seed, **more) for seed in grid.derive_seeds(api.MODEL, request, count)
+    ]
+
+
+def headings(layout: gallery.Layout) -> list[str]:
+    return [layout.heading(range(1, len(layout.axes)), col) for col in layout.columns()]
+
+
+def test_derived_seeds_are_columns_by_slot_in_any_ledger_order() -> None:
+    jobs = [c for i in "abc" for p in ("fox", "owl") for c in derived(i, p, 3)]
+    assert len({c.params["seed"] for c in jobs}) == 18  # every seed differs: no shared values
+    shuffled = [c for i in range(0, 18, 3) for c in jobs[i : i + 3][::-1]]  # slot 3 ran first
+    for order in (jobs, shuffled):
+        layout = gallery.layout(order)
+        assert [a.name for a in layout.axes] == ["image_file", "prompt", "seed"]
+        assert layout.axes[2].labels == ("seed #1", "seed #2", "seed #3")
+        assert len(layout.columns()) == 6  # prompt x seed slot, not one column per seed
+        assert headings(layout)[:3] == ["fox · seed #1", "fox · seed #2", "fox · seed #3"]
+        for cell in order:  # each seed in the slot the grid derived it for
+            request = {k: v for k, v in cell.params.items() if k not in ("seed", "model")}
+            request["image_file"] = {"sha256": cell.params["image_file"]["sha256"]}
+            slot = grid.derive_seeds(api.MODEL, request, 3).index(cell.params["seed"])
+            assert layout.keys[cell.job_id][2] == slot
+    half_run = [jobs[1], jobs[5]]  # only slot 2 of one group and slot 3 of another so far
+    assert gallery.layout(half_run).axes[2].labels == ("seed #2", "seed #3")
+
+
+def test_explicit_seeds_are_columns_by_value_and_unique_ones_by_rank() -> None:
+    shared = [seeded(i, p, s) for i in "ab" for p in ("fox", "owl") for s in (202, 101)]
+    layout = gallery.layout(shared[:4] + shared[5:])  # b's fox 202 not started yet
+    assert headings(layout) == [
+        "fox · seed 202",
+        "fox · seed 101",
+        "owl · seed 202",
+        "owl · seed 101",
+    ]
+    assert layout.keys[shared[5].job_id] == (1, 0, 1)  # b's 101 in a's 101 column all the same
+    rows = [seeded(i, "fox", s) for i, s in (("a", 4711), ("a", 815), ("b", 3003), ("b", 999))]
+    layout = gallery.layout(rows)  # a CSV's rows, each its own seed: ranked, no staircase
+    assert headings(layout) == ["seed #1", "seed #2"]
+    assert [layout.keys[c.job_id] for c in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_only_what_varies_is_an_axis_and_unset_is_never_null() -> None:
+    grid_jobs = [c for i in "ab" for c in derived(i, "fox", 2, style_type="ANIME")]
+    jobs = [
+        *grid_jobs,
+        seeded("a", "a rocket", 4242, color_palette={"name": "EMBER"}),
+        seeded("b", "a latte", None, color_palette={"members": [
+            {"color_hex": "#6B4226", "color_weight": 0.6}]}),
+    ]  # fmt: skip
+    layout = gallery.layout(jobs)
+    assert [a.name for a in layout.axes] == [
+        "image_file",
+        "prompt",
+        "seed",
+        "color_palette",
+        "style_type",
+    ]  # fmt: skip  (resolution, image weight... never vary: no axis, no heading)
+    assert headings(layout) == [
+        "fox · seed #1 · style type ANIME",
+        "fox · seed #2 · style type ANIME",
+        "a rocket · seed 4242 · color palette EMBER · style type GENERAL",
+        "a latte · color palette #6B4226 0.6 · style type GENERAL",
+    ]
+    assert layout.heading([3], [2]) == "color palette not set"  # alone, as a column of its own
+    one = [seeded("a", "fox", 101)]
+    assert gallery.layout(one).axes == (gallery.Axis("image_file", ("a",)),)
+
+
+def test_the_readme_grid_has_a_column_per_prompt_seed_slot_and_style() -> None:
+    loaded = manifest.load(Path(__file__).parent.parent / "jobs" / "grid.yaml")
+    jobs = [
+        gallery.Cell(j.job_id, params={**grid.describe(j.params), "model": loaded.model})
+        for j in grid.expand(loaded)
+    ]
+    layout = gallery.layout(jobs)
+    assert len(jobs) == 74 and len(layout.columns()) == 3 * 3 * 2 + 2  # + the two explicit jobs
+    text = " ".join(headings(layout))
+    assert "null" not in text and "None" not in text and "seed #3 · style type ANIME" in text
+
+
+def derived_project(root: Path) -> Path:
+    for i in range(3):
+        make_image(root / "photos" / f"p{i}.jpg", colour=i * 60)
+    return write(
+        root / "d.yaml",
+        """
+        grid:
+          image_file: [photos/]
+          prompt: ["a calm lake", "a stormy sea"]
+          seed: {count: 3}
+        """,
+    )
+
+
+@pytest.fixture
+async def derived_out(tmp_path: Path) -> Path:
+    """18 jobs (3 photos x 2 prompts x 3 derived seeds), all succeeded."""
+    target, manifest_path = tmp_path / "dout", derived_project(tmp_path)
+    with contextlib.chdir(tmp_path):
+        async with emulated() as served:
+            await run(manifest_path.relative_to(tmp_path), served, target)
+    return target
+
+
+async def test_a_derived_seed_sheet_has_a_full_row_per_image(derived_out: Path) -> None:
+    html = gallery.write_gallery(ledger.ledgers_in(derived_out)).read_text(encoding="utf-8")
+    heads = re.findall(r'<th data-col="\d+" title="([^"]*)"', html)
+    assert heads == [f"a {p} · seed #{k}" for p in ("calm lake", "stormy sea") for k in (1, 2, 3)]
+    assert html.count("<tr data-image=") == 3 and 'class="empty"' not in html
+    assert len(re.findall(r'<div class="cap">seed \d+</div>', html)) == 18
+    sheet = html.split("<script>")[0]  # all that came from the ledgers (the script has a null)
+    assert "null" not in sheet and "None" not in sheet
+    assert '<select id="across"><option value="">prompt \N{MULTIPLICATION SIGN} seed<' in html
+
+
+@pytest.mark.slow
+async def test_derived_seed_sheet_and_its_axis_choice_in_a_real_browser(derived_out: Path) -> None:
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("BROWSER TEST SKIPPED: chromium is not installed")
+    page = gallery.write_gallery(ledger.ledgers_in(derived_out))
+    heads = "Array.from(document.querySelectorAll('#grid thead th[data-col]'), t => t.textContent)"
+    full = (
+        "Array.from(document.querySelectorAll('#grid tbody tr'), r => "
+        "r.querySelectorAll('td.cell').length + '/' + r.querySelectorAll('td').length)"
+    )
+    async with Browser(chromium) as browser:
+        tab = await browser.open(page.resolve().as_uri())
+        default = await browser.evaluate(tab, heads)
+        assert default == [
+            f"a {p} · seed #{k}" for p in ("calm lake", "stormy sea") for k in (1, 2, 3)
+        ]
+        assert await browser.evaluate(tab, full) == ["6/6"] * 3  # every row filled
+        text = await browser.evaluate(tab, "document.getElementById('grid').innerText")
+        assert "null" not in text and "None" not in text and text.count("seed ") == 6 + 18
+        await browser.choose(tab, "#across", "seed")
+        assert await browser.evaluate(tab, heads) == ["seed #1", "seed #2", "seed #3"]
+        assert await browser.evaluate(tab, full) == ["3/3"] * 6  # image x prompt down the side
+        assert await browser.evaluate(tab, "location.hash") == "#across=seed"
+        side = "Array.from(document.querySelectorAll('#grid tbody th'), t => t.textContent)"
+        sides = await browser.evaluate(tab, side)  # the image and the prompt down the side
+        assert sides[:2] == ["photos/p0.jpga calm lake", "photos/p0.jpga stormy sea"]
+        await browser.click(tab, "button[data-status=succeeded]")  # the filters still apply
+        assert await browser.evaluate(tab, "location.hash") == "#status=succeeded&across=seed"
+        assert await browser.evaluate(tab, "document.getElementById('shown').textContent") == (
+            "18 shown"
+        )
+        await browser.reload(tab)  # a reload keeps the choice (the filter too)
+        assert await browser.evaluate(tab, "document.getElementById('across').value") == "seed"
+        assert await browser.evaluate(tab, heads) == ["seed #1", "seed #2", "seed #3"]
+        assert await browser.evaluate(tab, "location.hash") == "#status=succeeded&across=seed"
+        tab = await browser.open(page.resolve().as_uri() + "#across=seed")  # so does a link
+        assert await browser.evaluate(tab, heads) == ["seed #1", "seed #2", "seed #3"]
+        await browser.choose(tab, "#across", "image_file")
+        assert await browser.evaluate(tab, heads) == [f"photos/p{i}.jpg" for i in range(3)]
+        await browser.choose(tab, "#across", "")  # and back: the server's own layout
+        assert await browser.evaluate(tab, heads) == default
+        assert await browser.evaluate(tab, "location.hash") in ("", "#")
+        wide = await browser.open(page.resolve().as_uri())  # scrolled: headings stay in view
+        where = (
+            "(function () { var w = document.getElementById('wrap'); w.scrollTo(500, 300);"
+            " var box = w.getBoundingClientRect(), top = document.querySelector("
+            "'#grid thead th[data-col]').getBoundingClientRect(), side = document.querySelector("
+            "'#grid tbody th.source').getBoundingClientRect();"
+            " return [w.scrollLeft > 0 && w.scrollTop > 0, Math.round(top.top - box.top),"
+            " Math.round(side.left - box.left)]; })()"
+        )
+        await browser.evaluate(wide, "document.body.style.height = '500px'")  # room to scroll
+        assert await browser.evaluate(wide, where) == [True, 0, 0]
