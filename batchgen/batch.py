@@ -22,6 +22,7 @@ from batchgen.ledger import LedgerState, LedgerWriter
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
 from batchgen.runner import Runner, RunOptions, RunTotals
+from batchgen.stops import Stop, StopReason
 
 
 @dataclass(frozen=True)
@@ -86,17 +87,20 @@ async def run_batch(
                 task = asyncio.current_task()
                 if task is None or task.uncancel() > 0:
                     raise
-                runner.totals.stopped = "aborted by a second signal; requests in flight were cut"
+                runner.totals.stopped = Stop(
+                    StopReason.ABORTED, "aborted by a second signal; requests in flight were cut"
+                )
                 await runner.drain()  # what was answered is still written and counted
         totals = runner.totals
-        end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": totals.stopped}
+        stopped = totals.stopped.message if totals.stopped else None
+        end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": stopped}
         try:
             await ledger.write(
                 {**end, "succeeded": totals.succeeded, "failed": totals.failed,
                  "spent": round(totals.spent, 6)}
             )  # fmt: skip
         except LedgerError as err:  # the summary still tells what was paid
-            totals.stopped = totals.stopped or str(err)
+            totals.stopped = totals.stopped or Stop(StopReason.WRITE_FAILURE, str(err))
     return BatchResult(totals, time.monotonic() - began, run_id)
 
 
@@ -145,6 +149,6 @@ class _signals:
     def _on_signal(self, sig: signal.Signals) -> None:
         self.count += 1
         if self.count == 1:
-            self.runner.request_stop(f"interrupted by {sig.name}")
+            self.runner.request_stop(StopReason.SIGNAL, f"interrupted by {sig.name}")
         elif self.task is not None:
             self.task.cancel()

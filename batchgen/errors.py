@@ -141,3 +141,9 @@ def _error_message(body: bytes) -> str:
             if key in data:
                 return str(data[key])
     return text
+
+
+def failure_text(status: int | None, message: str) -> str:
+    """How a failure reads to a person: `HTTP 400: bad seed`, or the message alone
+    when the service never answered (a timeout, a connection error)."""
+    return f"HTTP {status}: {message}" if status else message

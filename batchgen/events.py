@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batchgen.stops import StopReason
+
 
 @dataclass(frozen=True, slots=True)
 class JobStarted:
@@ -40,7 +42,8 @@ class JobFinished:
 
 @dataclass(frozen=True, slots=True)
 class RunStopping:
-    reason: str
+    message: str
+    reason: StopReason
 
 
 Event = JobStarted | JobRetrying | JobThrottled | JobFinished | RunStopping

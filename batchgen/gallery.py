@@ -69,7 +69,7 @@ class Cell:
         elif status == "failed":
             http = record.get("http_status")
             self.status = "failed"
-            self.error = f"HTTP {http}: {record.get('error')}" if http else str(record.get("error"))
+            self.error = failure_text(http, str(record.get("error")))
         elif status in ("started", "interrupted", "unwritten"):
             self.status = "pending"
 

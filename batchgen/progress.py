@@ -60,7 +60,7 @@ class Progress:
                 self._waiting.discard(job_id)
             case events.JobThrottled():
                 self.throttled += 1
-            case events.RunStopping(reason=reason):
+            case events.RunStopping(message=reason):
                 self._write(f"stopping: {reason}; letting requests in flight finish")
         self.retrying = len(self._waiting)
         self._refresh()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchgen import ledger
+from batchgen.errors import failure_text
 from batchgen.plan import format_duration
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _finish(summary: Summary, jobs: dict[str, _Job]) -> None:
             summary.succeeded += 1
         elif job.status == "failed":
             summary.failed += 1
-            reason = f"HTTP {job.http_status}: {job.error}" if job.http_status else str(job.error)
+            reason = failure_text(job.http_status, str(job.error))
             failures[reason] += 1
             image = job.params.get("image_file")
             summary.failed_jobs.append(
@@ -194,7 +195,10 @@ def render_run(
         f"  failed      {totals.failed:,}"
         + (f" ({totals.skipped_failed:,} failed before, skipped)" if totals.skipped_failed else ""),
     ]
-    lines += [f"    {count:>5}  {reason}" for reason, count in totals.failures.most_common(10)]
+    lines += [
+        f"    {count:>5}  {failure_text(*failure)}"
+        for failure, count in totals.failures.most_common(10)
+    ]
     if totals.skipped_failed and retry is None:
         lines.append("              (--retry-failed runs the jobs that failed before again)")
     if totals.unwritten:

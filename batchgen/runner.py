@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batchgen import api, events, metadata, outputs, retry
+from batchgen import api, events, metadata, outputs, retry, stops
 from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
@@ -34,6 +34,7 @@ from batchgen.images import EncodedImages, LocalImage
 from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
 from batchgen.ledger import unwritten as ledger_unwritten
 from batchgen.pacing import Pacer, RetryBudget, Sleep
+from batchgen.stops import Stop, StopReason
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ class RunTotals:
     possibly_billed: float = 0.0
     requests: int = 0
     throttled: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
+    failures: Counter[tuple[int | None, str]] = field(default_factory=Counter)  # (status, text)
     remaining_credits: str | None = None
-    stopped: str | None = None  # why the run stopped early, if it did
+    stopped: Stop | None = None  # why the run stopped early, if it did
 
 
 class Runner:
@@ -93,12 +94,13 @@ class Runner:
 
     # -- control ----------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
-        """Stop dispatching; what is in flight finishes and is recorded."""
+    def request_stop(self, reason: StopReason, message: str) -> None:
+        """Stop dispatching; what is in flight finishes and is recorded. The first
+        reason given is the run's."""
         if not self._stop.is_set():
-            self.totals.stopped = reason
+            self.totals.stopped = Stop(reason, message)
             self._stop.set()
-            self.emit(events.RunStopping(reason))
+            self.emit(events.RunStopping(message, reason))
 
     @property
     def stopping(self) -> bool:
@@ -150,7 +152,8 @@ class Runner:
             await self.pacer.wait_turn()
             if not self._within_budget():  # no await between this check and the reservation
                 self.request_stop(
-                    f"the --max-cost budget of ${self.options.max_cost:.2f} is reached"
+                    StopReason.BUDGET,
+                    f"the --max-cost budget of ${self.options.max_cost:.2f} is reached",
                 )
             if self.stopping:
                 self.pacer.release_turn()
@@ -190,7 +193,7 @@ class Runner:
                 return
             if verdict is retry.Verdict.STOP_RUN:
                 await self._interrupted(job, params, error, billed)
-                self.request_stop(_stop_reason(error))
+                self.request_stop(*_stop_reason(error))
                 return
             if verdict is retry.Verdict.FAIL_JOB:
                 await self._fail(job, params, error, attempt, billed, retryable=False)
@@ -204,7 +207,10 @@ class Runner:
                 return
             if not self.budget.try_retry():
                 await self._interrupted(job, params, error, billed)
-                self.request_stop(f"retry budget exhausted: the service keeps failing ({error})")
+                self.request_stop(
+                    StopReason.RETRY_BUDGET,
+                    f"retry budget exhausted: the service keeps failing ({error})",
+                )
                 return
             self.pacer.note(error.wait_note)
             delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
@@ -302,7 +308,7 @@ class Runner:
         error = done.exception()
         if error is not None:  # the ledger itself cannot be written: the image is unrecorded
             self.totals.unwritten += 1
-            self.request_stop(str(error))
+            self.request_stop(StopReason.WRITE_FAILURE, str(error))
             return
         failure = done.result()
         if failure is not None:
@@ -314,7 +320,7 @@ class Runner:
     def _unwritten(self, job_id: str, failure: WriteFailure) -> None:
         """A paid image that could not be written: the first one stops the run."""
         self.totals.unwritten += 1
-        self.request_stop(f"cannot write {failure}")
+        self.request_stop(StopReason.WRITE_FAILURE, f"cannot write {failure}")
         self.emit(events.JobFinished(job_id, False, self.price, error=str(failure)))
 
     async def drain(self) -> None:
@@ -339,7 +345,7 @@ class Runner:
         try:
             self.ledger.append_now(record)
         except LedgerError as err:
-            self.request_stop(str(err))
+            self.request_stop(StopReason.WRITE_FAILURE, str(err))
             return False
         return True
 
@@ -348,7 +354,7 @@ class Runner:
         try:
             await self.ledger.write(record)
         except LedgerError as err:
-            self.request_stop(str(err))
+            self.request_stop(StopReason.WRITE_FAILURE, str(err))
 
     def _cost(self, billed: str) -> float:
         return self.price if billed in ("maybe", "billed") else 0.0
@@ -378,7 +384,7 @@ class Runner:
             }
         )
         self.totals.failed += 1
-        self.totals.failures[f"HTTP {status}: {message}" if status else message] += 1
+        self.totals.failures[(status, message)] += 1
         self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
 
     async def _interrupted(
@@ -410,11 +416,12 @@ def _billed(error: ApiError) -> str:
     return "no"
 
 
-def _stop_reason(error: ApiError) -> str:
+def _stop_reason(error: ApiError) -> tuple[StopReason, str]:
     if not isinstance(error, ApiStatusError):
-        return str(error)
-    if 300 <= error.status < 400:
-        return error.message  # names the status and where it pointed, never the key
+        return StopReason.SERVICE, str(error)
+    kind = stops.for_status(error.status)
+    if kind is StopReason.REDIRECT:
+        return kind, error.message  # names the status and where it pointed, never the key
     reasons = {
         401: "the API key was refused (HTTP 401)",
         403: "the API key is not allowed to use this model (HTTP 403)",
@@ -422,7 +429,7 @@ def _stop_reason(error: ApiError) -> str:
         406: "the account has insufficient credits (HTTP 406)",
     }
     reason = reasons.get(error.status, f"HTTP {error.status}")
-    return f"{reason}: {error.message}"
+    return kind, f"{reason}: {error.message}"
 
 
 def _sha256(data: bytes) -> str:

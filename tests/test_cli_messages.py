@@ -19,6 +19,7 @@ import pytest
 from batchgen import events, ledger
 from batchgen.cli import build_parser, main
 from batchgen.progress import Progress, stamped
+from batchgen.stops import StopReason
 from tests.processes import batchgen, emulator_process
 from tests.runs import make_project
 
@@ -30,7 +31,7 @@ def test_log_lines_carry_a_utc_timestamp() -> None:
     stream = io.StringIO()
     progress = Progress(3, bar=False, stream=stream, interval=0.0)
     progress(events.JobFinished(job_id="a", ok=True, cost=0.063))
-    progress(events.RunStopping(reason="the --max-cost budget of $0.10 is reached"))
+    progress(events.RunStopping("the --max-cost budget of $0.10 is reached", StopReason.BUDGET))
     progress.close()
     lines = stream.getvalue().splitlines()
     assert re.fullmatch(rf"{STAMP} batchgen: 1/3 ok 1 failed 0 \$0\.06", lines[0]), lines

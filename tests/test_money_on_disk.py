@@ -14,6 +14,7 @@ from batchgen import grid, manifest
 from batchgen.batch import BatchResult
 from batchgen.cli import main
 from batchgen.grid import Job
+from batchgen.stops import StopReason
 from tests.helpers import make_image, write
 from tests.processes import batchgen, emulator_process, wait_for_lines
 from tests.runs import emulated, lines, make_project, run
@@ -107,8 +108,9 @@ async def test_a_path_outside_out_is_recorded_unwritten_not_lost(tmp_path: Path)
     async with emulated() as served:
         result = await run(m, served, out, jobs=[escaping])
         assert served.stats.billed_total == 1
-    assert result.totals.unwritten == 1 and result.totals.stopped
-    assert "escapes the output folder" in result.totals.stopped
+    assert result.totals.unwritten == 1 and result.totals.stopped is not None
+    assert result.totals.stopped.reason is StopReason.WRITE_FAILURE
+    assert "escapes the output folder" in result.totals.stopped.message
     assert result.totals.spent == pytest.approx(0.063)
     assert not (tmp_path / "escape.jpg").exists()
     job_lines = [line for line in lines(out) if line.get("job_id")]

@@ -13,6 +13,7 @@ from batchgen import commands, ledger, report
 from batchgen.cli import build_parser, main
 from batchgen.errors import InputError
 from batchgen.runner import RunTotals
+from batchgen.stops import StopReason
 from tests.helpers import make_image, write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
@@ -101,15 +102,15 @@ async def test_a_400_fails_that_job_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "reason"),
+    ("setting", "reason", "kind"),
     [
-        ({"key": "wrong-key"}, "refused (HTTP 401)"),
-        ({"model": "no-such-model"}, "not found (HTTP 404)"),
-        ({"credits": 0.1}, "insufficient credits (HTTP 406)"),
+        ({"key": "wrong-key"}, "refused (HTTP 401)", StopReason.AUTH),
+        ({"model": "no-such-model"}, "not found (HTTP 404)", StopReason.NOT_FOUND),
+        ({"credits": 0.1}, "insufficient credits (HTTP 406)", StopReason.CREDITS),
     ],
 )
 async def test_run_stopping_answers_stop_after_few_requests(
-    tmp_path: Path, setting: dict[str, object], reason: str
+    tmp_path: Path, setting: dict[str, object], reason: str, kind: StopReason
 ) -> None:
     m = make_project(tmp_path, images=3, prompts=4, seeds=4)  # 48 jobs
     if "model" in setting:
@@ -121,7 +122,8 @@ async def test_run_stopping_answers_stop_after_few_requests(
         key = setting.get("key")
         result = await run(m, served, out, key=str(key) if key else None, concurrency=4)
         requests = served.stats.requests_total
-    assert result.totals.stopped is not None and reason in result.totals.stopped
+    assert result.totals.stopped is not None and reason in result.totals.stopped.message
+    assert result.totals.stopped.reason is kind
     assert requests <= 4 + 1 + 4  # the pool stops at once: no new requests after the answer
     assert result.totals.failed == 0  # not the jobs' fault: the next run does them
     statuses = Counter(r["status"] for r in lines(out))
@@ -135,7 +137,9 @@ async def test_max_cost_is_never_exceeded(tmp_path: Path) -> None:
         result = await run(m, served, out, concurrency=6, max_cost=0.2)
         billed = served.stats.billed_total
     assert billed == 3 and result.totals.spent <= 0.2
-    assert result.totals.stopped and "--max-cost" in result.totals.stopped
+    assert result.totals.stopped is not None
+    assert result.totals.stopped.reason is StopReason.BUDGET
+    assert "--max-cost" in result.totals.stopped.message
 
 
 async def test_editing_the_manifest_runs_only_new_jobs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from batchgen import api
 from batchgen.cli import main
+from batchgen.stops import StopReason
 from tests.helpers import image_bytes
 from tests.hostile import (
     JPEG,
@@ -65,10 +66,10 @@ async def test_a_redirect_is_not_followed_and_stops_the_run(tmp_path: Path, stat
     assert taken.requests == 0  # not one request, POST or GET, reached the other host
     assert 1 <= seen.requests <= 2  # the pool stopped at the first answer
     totals = result.totals
-    assert totals.stopped is not None
+    assert totals.stopped is not None and totals.stopped.reason is StopReason.REDIRECT
     other_host = other.removesuffix("/v1")
-    assert f"HTTP {status}" in totals.stopped and other_host in totals.stopped
-    assert KEY not in totals.stopped
+    assert f"HTTP {status}" in totals.stopped.message and other_host in totals.stopped.message
+    assert KEY not in totals.stopped.message
     assert (totals.spent, totals.possibly_billed, totals.succeeded, totals.failed) == (0, 0, 0, 0)
     records = lines(out)
     interrupted = [r for r in records if r["status"] == "interrupted"]
