@@ -38,6 +38,7 @@ from urllib.parse import quote
 from PIL import Image, ImageOps
 
 from batchgen import api, grid, ledger, outputs, report
+from batchgen.errors import failure_text
 from batchgen.manifest import MAX_SEED_COUNT
 
 THUMB_PX: Final = 256
