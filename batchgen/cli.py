@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchgen import __version__, api, commands, retry
+from batchgen import __version__, api, commands, library, retry
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError, LockedError
@@ -123,7 +123,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--concurrency",
         type=positive_int,
-        default=commands.DEFAULT_CONCURRENCY,
+        default=library.DEFAULT_CONCURRENCY,
         help="requests in flight",
     )
     run.add_argument("--rpm", type=positive, help="requests per minute (your plan's limit)")

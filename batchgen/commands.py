@@ -1,217 +1,83 @@
-"""What each command does with its parsed arguments. Parsing and exit-code mapping for
-user errors live in `cli.py`; the work itself lives in the modules these call."""
+"""What each command does with its parsed arguments: parse, call the library, print.
+Parsing and exit codes live in `cli.py`; every rule of a run lives in `library.py`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
 import shlex
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import yarl
-
-from batchgen import api, grid, ledger, manifest, outputs, report, retry, runlock, shard
-from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.errors import InputError, Problem
-from batchgen.grid import Job
-from batchgen.plan import Plan, make_plan, render
-from batchgen.progress import Progress, stamped
-from batchgen.runner import RunOptions
+from batchgen import events, ledger, library, retry, run_summary, summaries
+from batchgen.errors import InputError
+from batchgen.grid import describe
+from batchgen.library import DEFAULT_CONCURRENCY, RunResult
+from batchgen.planning import Plan, render
+from batchgen.progress import Progress
+from batchgen.stops import StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
-DEFAULT_CONCURRENCY = 8
 CONFIRM_ABOVE_USD = 5.0  # `run` on a terminal asks before spending more than this
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """Everything checked before a single request: manifest, ledgers, collisions, shard."""
-
-    manifest: manifest.Manifest
-    shard: shard.Shard | None
-    ledger_path: Path
-    state: ledger.LedgerState
-    plan: Plan
-
-    def jobs(self, *, check_paths: bool = False) -> Iterator[Job]:
-        """This shard's jobs; the output-path check already ran in `prepare`."""
-        return shard_jobs(self.manifest, self.shard, check_paths=check_paths)
-
-
-def shard_jobs(
-    loaded: manifest.Manifest, owned: shard.Shard | None, *, check_paths: bool
-) -> Iterator[Job]:
-    for job in grid.expand(loaded, check_paths=check_paths):
-        if owned is None or owned.owns(job.job_id):
-            yield job
-
-
-def resolve_shard(args: argparse.Namespace) -> shard.Shard | None:
-    spec = getattr(args, "shard", None)
-    if spec is None:
-        return None
-    return shard.parse(spec, shard_count=args.shard_count, environ=os.environ)
-
-
-def prepare(
-    args: argparse.Namespace, *, ledger_file: Path | None = None, split_into: int | None = None
-) -> Prepared:
-    out: Path | None = getattr(args, "out", None)
-    loaded = manifest.load(args.manifest, exclude=(out,))  # outputs are never inputs
-    owned = resolve_shard(args)
-    ledger_path = written_ledger(owned, out, ledger_file)
-    paths = {ledger_path} if ledger_file else set()
-    if out is not None:
-        paths |= {*ledger.ledgers_in(out), ledger_path}  # resume sees every shard's work
-    state = ledger.load_state(sorted(paths))
-    prepared = Prepared(loaded, owned, ledger_path, state, _empty_plan())
-    jobs = prepared.jobs(check_paths=True)  # drained once: collisions found before sending
-    if out is not None and (owners := state.owners(out)):
-        jobs = _not_owned_by_others(jobs, owners, out, loaded.display)
-    plan = make_plan(
-        manifest=loaded.display,
-        model=loaded.model,
-        price=loaded.price,
-        axes=grid.axis_sizes(loaded),
-        jobs=jobs,
-        state=state,
-        retry_failed=getattr(args, "retry_failed", False),
-        concurrency=getattr(args, "concurrency", None),
-        rpm=rate_limit(args, owned),
-        shard=str(owned) if owned else None,
-        split_into=split_into if owned is None else None,
-        skipped=loaded.skipped,
-    )
-    return Prepared(loaded, owned, ledger_path, state, plan)
-
-
-MAX_OWNER_PROBLEMS = 10  # a whole folder of them says the same thing
-
-
-def _not_owned_by_others(
-    jobs: Iterator[Job], owners: dict[str, tuple[str, ledger.JobRecord]], out: Path, display: str
-) -> Iterator[Job]:
-    """The jobs, checked against the images the ledgers in `out` already own: another
-    manifest (or an edited one) writing over a paid image would pay for it again each
-    night. Raises InputError at the end, naming both jobs and both manifests."""
-    extensions = sorted(set(api.EXTENSIONS.values()))
-    problems: list[str] = []
-    for job in jobs:
-        for ext in extensions:
-            path = outputs.final_path(job.output, ext)
-            owner = owners.get(path)
-            if owner is None or owner[0] == job.job_id:
-                continue
-            other, record = owner
-            if record.output_path is None or not record.output_path.exists():
-                continue
-            problems.append(
-                f"{display}: job {job.job_id[:12]} would overwrite {out / path}, the image of "
-                f"job {other[:12]} from {record.manifest or 'an earlier run'}; use another "
-                "--out, or put {job_id} in the output template"
-            )
-        yield job
-    if problems:
-        more = len(problems) - MAX_OWNER_PROBLEMS
-        shown = problems[:MAX_OWNER_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
-        raise InputError([Problem("", "output", text) for text in shown])
-
-
-def check_room(out: Path, images: int) -> None:
-    """Before the first request: --out can be written and has room to start."""
-    if images and (problem := outputs.room_problem(out, images)) is not None:
-        raise InputError(f"{problem}; nothing sent")
-
-
-def written_ledger(owned: shard.Shard | None, out: Path | None, given: Path | None) -> Path:
-    """The one ledger a run appends to (and locks): --ledger, else its shard's under --out."""
-    name = owned.ledger_name if owned else ledger.DEFAULT_NAME
-    return given or (out / name if out else Path(name))
-
-
-def _empty_plan() -> Plan:
-    return Plan("", "", 0.0, {}, 0, 0, 0, 0, 0.0, None)
-
-
-def rate_limit(args: argparse.Namespace, owned: shard.Shard | None) -> float | None:
-    """--rpm is this process's own limit; --rpm-total is the key's, shared by N shards."""
-    total = getattr(args, "rpm_total", None)
-    if total is not None:
-        return float(total) / (owned.count if owned else 1)
-    rpm: float | None = getattr(args, "rpm", None)
-    return rpm
+EXIT_FOR_STOP = {reason: EXIT_STOPPED for reason in StopReason} | {
+    StopReason.NOT_CONFIRMED: EXIT_USAGE  # nothing was sent: as for bad input
+}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.list:
-        loaded = manifest.load(args.manifest, exclude=(args.out,))
-        jobs = shard_jobs(loaded, resolve_shard(args), check_paths=True)
-        for job in jobs:
-            line = {"job_id": job.job_id, "output": job.output, "params": grid.describe(job.params)}
+        for job in library.jobs(args.manifest, out=args.out, shard=args.shard,
+                                shard_count=args.shard_count):  # fmt: skip
+            line = {"job_id": job.job_id, "output": job.output, "params": describe(job.params)}
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
         return EXIT_OK
-    plan = prepare(args, ledger_file=args.ledger, split_into=args.shard_count).plan
+    plan = library.plan(
+        args.manifest, out=args.out, ledger=args.ledger, retry_failed=args.retry_failed,
+        concurrency=args.concurrency, rpm=args.rpm, rpm_total=args.rpm_total,
+        shard=args.shard, shard_count=args.shard_count,
+    )  # fmt: skip
     print(json.dumps(plan.as_dict()) if args.json else render(plan))
     return EXIT_OK
 
 
-def api_key(args: argparse.Namespace) -> str:
-    if args.api_key_file is not None:
-        try:
-            key: str = args.api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as err:
-            message = f"cannot read --api-key-file {args.api_key_file}: {err.strerror}"
-            raise InputError(message) from None
-        if not key:
-            raise InputError(f"--api-key-file {args.api_key_file} is empty")
-        return key
-    key = os.environ.get("SEGMIND_API_KEY", "").strip()
+def api_key_from_file(args: argparse.Namespace) -> str | None:
+    """The key from --api-key-file, or None for the library to read $SEGMIND_API_KEY."""
+    if args.api_key_file is None:
+        return None
+    try:
+        key: str = args.api_key_file.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        message = f"cannot read --api-key-file {args.api_key_file}: {err.strerror}"
+        raise InputError(message) from None
     if not key:
-        raise InputError(
-            "SEGMIND_API_KEY is not set: export it, or pass --api-key-file FILE "
-            "(try `batchgen demo` to run against the bundled emulator without a key)"
-        )
+        raise InputError(f"--api-key-file {args.api_key_file} is empty")
     return key
 
 
-def api_base(args: argparse.Namespace) -> str:
-    """--api-base, else $SEGMIND_API_BASE, else Segmind's: an http(s) URL with a host."""
-    given: str | None = getattr(args, "api_base", None)
-    where = "--api-base"
-    if given is None:
-        given, where = os.environ.get("SEGMIND_API_BASE"), "SEGMIND_API_BASE"
-    if given is None:
-        return api.API_BASE
-    try:
-        url = yarl.URL(given.strip())
-    except ValueError:
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise InputError(
-            f"{where} {given!r} is not an http(s) URL with a host "
-            f"(e.g. {api.API_BASE} or http://127.0.0.1:8000/v1)"
-        )
-    return given.strip()
+def run_options(args: argparse.Namespace) -> dict[str, object]:
+    """The library's options for `run`, from the flags of the same names."""
+    return {
+        "out": args.out, "ledger": args.ledger, "concurrency": args.concurrency,
+        "rpm": args.rpm, "rpm_total": args.rpm_total, "max_cost": args.max_cost,
+        "max_attempts": args.max_attempts, "timeout": args.timeout,
+        "retry_failed": args.retry_failed, "shard": args.shard, "shard_count": args.shard_count,
+        "wait_lock": args.wait_lock,
+    }  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    key = api_key(args)
-    base = api_base(args)
-    written = written_ledger(resolve_shard(args), args.out, args.ledger)
-    with runlock.hold(written, wait=args.wait_lock, on_wait=_tell):  # before any state is read
-        prepared = prepare(args, ledger_file=args.ledger)
-        check_room(args.out, prepared.plan.to_run)
-        if not confirmed(args, prepared.plan):
-            print("batchgen: not confirmed; nothing sent", file=sys.stderr)
-            return EXIT_USAGE
-        config = batch_config(args, prepared, base, key)
-        result = execute(config, prepared, bar=not args.no_progress)
-    return finish(args, config, result, prepared.plan.jobs)
+    key = api_key_from_file(args)
+    progress = Progress(bar=not args.no_progress and sys.stderr.isatty())
+    try:
+        result = library.run(
+            args.manifest, api_key=key, api_base=args.api_base, **run_options(args),  # type: ignore[arg-type]
+            on_event=progress, confirm=lambda plan: confirmed(args, plan), handle_signals=True,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    return finish(args, result)
 
 
 def confirmed(args: argparse.Namespace, plan: Plan) -> bool:
@@ -233,10 +99,6 @@ def confirmed(args: argparse.Namespace, plan: Plan) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _tell(line: str) -> None:
-    print(f"batchgen: {line}", file=sys.stderr, flush=True)
-
-
 GALLERY_AUTO_MAX_JOBS = 5000  # above this, a contact sheet is made on request only
 
 
@@ -252,79 +114,21 @@ def refresh_gallery(out: Path, jobs: int) -> str:
         return f"(not written: {err})"
 
 
-def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: str) -> BatchConfig:
-    options = RunOptions(
-        concurrency=args.concurrency,
-        max_cost=getattr(args, "max_cost", None),
-        max_attempts=getattr(args, "max_attempts", retry.MAX_ATTEMPTS),
-        retry_failed=getattr(args, "retry_failed", False),
-    )
-    return BatchConfig(
-        manifest=prepared.manifest,
-        out=args.out,
-        ledger_path=prepared.ledger_path,
-        api_base=base,
-        api_key=key,
-        options=options,
-        rpm=rate_limit(args, prepared.shard),
-        timeout=getattr(args, "timeout", retry.REQUEST_TIMEOUT_S),
-        shard=str(prepared.shard) if prepared.shard else None,
-    )
-
-
-def execute(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
-    plan, logs = prepared.plan, not (bar and sys.stderr.isatty())  # logs: timestamped
-    where = f" (shard {prepared.shard})" if prepared.shard else ""
-    lines = [
-        f"{plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
-        f"run (about ${plan.estimated_cost:,.2f})"
-    ]
-    if prepared.ledger_path in prepared.state.cut:  # no run_end: killed, or the machine died
-        owns = prepared.shard.owns if prepared.shard else None
-        lines.append(f"the last run was cut: {_in_flight(prepared.state.open_attempts(owns))}")
-    if plan.missing:
-        lines.append(f"{_missing(plan.missing)} and will be paid again")
-    for line in lines:
-        print(stamped(f"batchgen: {line}") if logs else f"batchgen: {line}", file=sys.stderr)
-    return asyncio.run(run_with_progress(config, prepared, bar=bar))
-
-
-def _in_flight(count: int) -> str:
-    if count == 0:
-        return "no request was in flight"
-    if count == 1:
-        return "1 request was in flight and may have been billed"
-    return f"{count:,} requests were in flight and may have been billed"
-
-
-def _missing(count: int) -> str:
-    return f"{count:,} finished image{'s are' if count != 1 else ' is'} missing or changed on disk"
-
-
-async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: bool) -> BatchResult:
-    """The run itself, with a bar on a terminal (log lines otherwise)."""
-    progress = Progress(prepared.plan.to_run, bar=bar and sys.stderr.isatty())
-    try:
-        return await run_batch(config, prepared.jobs(), prepared.state, on_event=progress)
-    finally:
-        progress.close()
-
-
-def finish(args: argparse.Namespace, config: BatchConfig, result: BatchResult, jobs: int) -> int:
-    totals = result.totals
+def finish(args: argparse.Namespace, result: RunResult) -> int:
+    """Print the summary (and refresh the gallery); the exit code for the result."""
+    if result.stopped is not None and result.stopped.reason is StopReason.NOT_CONFIRMED:
+        print(f"batchgen: {result.stopped}", file=sys.stderr)
+        return EXIT_USAGE
     resume = retry_failed = None
-    if totals.stopped or totals.failed:  # failed for good before: only --retry-failed helps
+    if result.stopped or result.failed:  # failed for good before: only --retry-failed helps
         resume = resume_command(args)
-    if (totals.failed or totals.skipped_failed) and not getattr(args, "retry_failed", False):
+    if (result.failed or result.skipped_failed) and not getattr(args, "retry_failed", False):
         retry_failed = resume_command(args, "--retry-failed")
-    text = report.render_run(
-        result, out=config.out, ledger_path=config.ledger_path, resume=resume, retry=retry_failed
-    )
-    print(text)
-    print(f"  gallery     {refresh_gallery(config.out, jobs)}")
-    if totals.stopped:
-        return EXIT_STOPPED
-    return EXIT_FAILED if totals.failed or totals.skipped_failed else EXIT_OK
+    print(run_summary.render(result, resume=resume, retry=retry_failed))
+    print(f"  gallery     {refresh_gallery(result.out, result.plan.jobs)}")
+    if result.stopped is not None:
+        return EXIT_FOR_STOP[result.stopped.reason]
+    return EXIT_FAILED if result.failed or result.skipped_failed else EXIT_OK
 
 
 # Every `run` option that shapes a run, with its default: a resume hint repeats those the
@@ -366,27 +170,47 @@ def resume_command(args: argparse.Namespace, *extra: str) -> str:
     return shlex.join([*words, *extra])
 
 
-def ledger_files(given: list[Path]) -> list[Path]:
-    """Ledger files, or folders standing for every ledger*.jsonl in them."""
-    paths: list[Path] = []
-    for item in given or [Path(".")]:
-        found = ledger.ledgers_in(item) if item.is_dir() else [item] if item.exists() else []
-        if not found:
-            raise InputError(f"{item}: no ledger there (looked for ledger*.jsonl)")
-        paths += found
-    return paths
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    summary = report.summarize(ledger_files(args.ledgers))
-    print(json.dumps(summary.as_dict()) if args.json else report.render(summary))
+    summary = library.report(*args.ledgers)
+    print(json.dumps(summary.as_dict()) if args.json else summaries.render(summary))
     return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from batchgen import demo  # imports the emulator: only the demo needs it
+    """A real run of the demo manifest against the bundled emulator, served in-process
+    on a free loopback port with its own key: no key of yours, no network, no bill."""
+    from batchgen import emulator, emulator_serve  # only the demo needs the emulator
 
-    code: int = demo.run(args)
+    config = emulator.EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
+    progress = Progress(bar=not args.no_progress and sys.stderr.isatty())
+
+    async def go() -> tuple[RunResult, dict[str, object]]:
+        async with emulator_serve.running_emulator(config) as served:
+
+            def listener(event: events.Event) -> None:
+                if isinstance(event, events.RunPlanned):
+                    plan = event.plan
+                    print(f"batchgen demo: {plan.jobs} jobs from {plan.manifest}, "
+                          f"${plan.estimated_cost:.2f} at list price, against the bundled "
+                          "emulator (no key, no network, no bill)")  # fmt: skip
+                    print(f"batchgen demo: emulator serving at {served.url}", flush=True)
+                progress(event)
+
+            result = await library.run_async(
+                args.manifest, out=args.out, api_key=served.api_key, api_base=served.url,
+                concurrency=args.concurrency, on_event=listener, handle_signals=True,
+            )  # fmt: skip
+            return result, served.stats.as_json()
+
+    try:
+        result, stats = asyncio.run(go())
+    finally:
+        progress.close()
+    args.ledger = args.api_base = args.shard = None  # its resume hint is a plain `run`
+    code = finish(args, result)
+    print(f"  emulator    {stats['requests_total']} requests, billed {stats['billed_total']} "
+          f"(${stats['spent']:.3f} pretend), credits left {stats['credits_left']}")  # fmt: skip
+    print(f"  next        batchgen report {result.out}   # the same summary, from the ledger alone")
     return code
 
 
@@ -399,7 +223,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from batchgen import gallery
 
-    paths = ledger_files(args.ledgers)
+    paths = library.ledger_files(args.ledgers)
     try:
         written = gallery.write_gallery(paths, args.output)
     except OSError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from batchgen.planning import Plan
 from batchgen.stops import StopReason
 
 
@@ -41,12 +42,31 @@ class JobFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class LockWaiting:
+    """Another run holds the ledger; this one waits for it (`wait_lock`)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlanned:
+    """Everything is checked and the lock is held; nothing is sent yet. `cut_in_flight`:
+    when the ledger's last run never ended (killed), its requests left without an
+    outcome (they may have been billed); None when it ended."""
+
+    plan: Plan
+    cut_in_flight: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunStopping:
     message: str
     reason: StopReason
 
 
-Event = JobStarted | JobRetrying | JobThrottled | JobFinished | RunStopping
+Event = (
+    LockWaiting | RunPlanned | JobStarted | JobRetrying | JobThrottled | JobFinished | RunStopping
+)
 Listener = Callable[[Event], None]
 
 

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from batchgen import api, grid, ledger, outputs, report
+from batchgen import api, grid, ledger, outputs, summaries
 from batchgen.errors import failure_text
 from batchgen.manifest import MAX_SEED_COUNT
 
@@ -117,7 +117,7 @@ def write_gallery(
     thumbs = Thumbs(out_file.parent / "thumbs", thumb_size)
     search = [*manifest_dirs, *(p.parent for p in ledgers)]
     thumbs.make(_wanted(cells.values(), thumbs, search))
-    page = _Page(thumbs, out_file.parent).render(cells, report.summarize(ledgers))
+    page = _Page(thumbs, out_file.parent).render(cells, summaries.summarize(ledgers))
     outputs.write_atomic(out_file, page.encode("utf-8"))
     return out_file
 
@@ -381,7 +381,7 @@ class _Page:
     thumbs: Thumbs
     base: Path
 
-    def render(self, cells: dict[str, Cell], summary: report.Summary) -> str:
+    def render(self, cells: dict[str, Cell], summary: summaries.Summary) -> str:
         """The default sheet: a row per source image, a column per combination of the
         other axes. The page's script lays the same cells out again when another axis
         is picked to go across (from the axes listed in `#axes`)."""
@@ -484,7 +484,7 @@ def _options(values: Iterable[str]) -> str:
     return "".join(f'<option value="{attr(v)}">{attr(v)}</option>' for v in values)
 
 
-def _totals(summary: report.Summary) -> str:
+def _totals(summary: summaries.Summary) -> str:
     text = (
         f"{summary.jobs:,} jobs · {summary.succeeded:,} succeeded · {summary.failed:,} failed · "
         f"{summary.not_finished:,} pending · ${summary.spent:,.2f} spent"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Never, TextIO
 
 from tqdm import tqdm
 
 from batchgen import events
+from batchgen.planning import Plan
 
 LOG_INTERVAL_S = 5.0
 
@@ -24,27 +25,36 @@ def stamped(line: str, now: float | None = None) -> str:
 
 
 class Progress:
+    """The listener the CLI gives a run: on `RunPlanned` it says what the run holds
+    (and what the ledger says about the last run), then draws the bar or logs."""
+
     def __init__(
         self,
-        total: int,
         *,
         bar: bool,
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,
         interval: float = LOG_INTERVAL_S,
+        total: int = 0,
     ) -> None:
-        self.total, self.stream, self.interval = total, stream, interval
+        self.total, self.interval = total, interval
+        self.stream = stream or sys.stderr  # as it is now, not when this module was read
         self.done = self.failed = self.retrying = self.throttled = 0
         self.spent = 0.0
         self._started = self._last_log = time.monotonic()
         self._waiting: set[str] = set()
-        self._bar = (
-            tqdm(total=total, unit="img", file=stream, dynamic_ncols=True, smoothing=0.1)
-            if bar
-            else None
-        )
+        self._want_bar = bar
+        self._bar: tqdm[Never] | None = None
 
     def __call__(self, event: events.Event) -> None:
         match event:
+            case events.RunPlanned(plan=plan, cut_in_flight=cut):
+                self.total = plan.to_run
+                for line in planned_lines(plan, cut):
+                    self._write(line)
+                return
+            case events.LockWaiting(message=message):
+                self._write(message)
+                return
             case events.JobFinished(job_id=job_id, ok=ok, cost=cost):
                 self._waiting.discard(job_id)
                 if ok:
@@ -58,6 +68,9 @@ class Progress:
                 self._waiting.add(job_id)
             case events.JobStarted(job_id=job_id):
                 self._waiting.discard(job_id)
+                if self._want_bar and self._bar is None:  # after any question was answered
+                    self._bar = tqdm(total=self.total, unit="img", file=self.stream,
+                                     dynamic_ncols=True, smoothing=0.1)  # fmt: skip
             case events.JobThrottled():
                 self.throttled += 1
             case events.RunStopping(message=reason):
@@ -85,6 +98,8 @@ class Progress:
     def _write(self, text: str) -> None:
         if self._bar is not None:
             self._bar.write(f"batchgen: {text}", file=self.stream)
+        elif self._want_bar:  # a terminal, before the bar: no time stamps needed
+            print(f"batchgen: {text}", file=self.stream, flush=True)
         else:
             print(stamped(f"batchgen: {text}"), file=self.stream, flush=True)
 
@@ -92,3 +107,29 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(self._status())
             self._bar.close()
+
+
+def planned_lines(plan: Plan, cut_in_flight: int | None) -> list[str]:
+    """What a run says before it sends: its size, and what it found of the last run."""
+    where = f" (shard {plan.shard})" if plan.shard else ""
+    lines = [
+        f"{plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
+        f"run (about ${plan.estimated_cost:,.2f})"
+    ]
+    if cut_in_flight is not None:  # no run_end: killed, or the machine died
+        lines.append(f"the last run was cut: {_in_flight(cut_in_flight)}")
+    if plan.missing:
+        lines.append(f"{missing_text(plan.missing)} and will be paid again")
+    return lines
+
+
+def _in_flight(count: int) -> str:
+    if count == 0:
+        return "no request was in flight"
+    if count == 1:
+        return "1 request was in flight and may have been billed"
+    return f"{count:,} requests were in flight and may have been billed"
+
+
+def missing_text(count: int) -> str:
+    return f"{count:,} finished image{'s are' if count != 1 else ' is'} missing or changed on disk"

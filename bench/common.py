@@ -128,7 +128,7 @@ async def run_batchgen(
     jobs = grid.expand(loaded)
     with open(os.devnull, "w") as nowhere:  # the bar's work is done, its output dropped
         total = sum(1 for _ in grid.expand(loaded, check_paths=False))
-        progress = Progress(total, bar=True, stream=nowhere)
+        progress = Progress(bar=True, stream=nowhere, total=total)
         began, cpu = time.perf_counter(), cpu_seconds()
         try:
             result = await run_batch(

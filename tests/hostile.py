@@ -18,9 +18,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from batchgen import grid, ledger, manifest
-from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.runner import RunOptions
+import batchgen
 from tests.helpers import image_bytes
 from tests.runs import FakeSleep
 
@@ -162,23 +160,13 @@ async def run_against(
     out: Path,
     *,
     sleep: FakeSleep | None = None,
-    rpm: float | None = None,
     request_timeout: float = 30.0,
     **options: Any,
-) -> BatchResult:
-    """A whole run, as `tests.runs.run` does it, against any api_base, with KEY."""
-    loaded = manifest.load(manifest_path)
-    paths = sorted({*ledger.ledgers_in(out), out / ledger.DEFAULT_NAME})
-    config = BatchConfig(
-        manifest=loaded,
-        out=out,
-        ledger_path=out / ledger.DEFAULT_NAME,
-        api_base=api_base,
-        api_key=KEY,
-        options=RunOptions(**options),
-        rpm=rpm,
-        timeout=request_timeout,
-    )
-    kwargs: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
-    state = ledger.load_state(paths)
-    return await run_batch(config, grid.expand(loaded), state, handle_signals=False, **kwargs)
+) -> batchgen.RunResult:
+    """A whole run through the library, as `tests.runs.run` makes it, against any
+    api_base, with KEY."""
+    seams: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
+    return await batchgen.run_async(
+        manifest_path, out=out, api_base=api_base, api_key=KEY, timeout=request_timeout,
+        **options, **seams,
+    )  # fmt: skip

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import batchgen
 from batchgen import api, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.emulator import EmulatorConfig, fingerprint
@@ -68,25 +69,30 @@ async def run(
     *,
     key: str | None = None,
     sleep: FakeSleep | None = None,
-    rpm: float | None = None,
-    jobs: list[Job] | None = None,
     **options: Any,
+) -> batchgen.RunResult:
+    """A whole run through the library, as a user's code would make it."""
+    seams: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
+    return await batchgen.run_async(
+        manifest_path, out=out, api_base=served.url, api_key=key or served.api_key,
+        **options, **seams,
+    )  # fmt: skip
+
+
+async def run_jobs(
+    manifest_path: Path, served: RunningEmulator, out: Path, jobs: list[Job]
 ) -> BatchResult:
-    loaded = manifest.load(manifest_path)
-    paths = sorted({*ledger.ledgers_in(out), out / ledger.DEFAULT_NAME})
-    state = ledger.load_state(paths)
+    """The engine alone on jobs made by hand (what no manifest can make: a path that
+    escapes --out, to test the writer's own last line of defence)."""
     config = BatchConfig(
-        manifest=loaded,
+        manifest=manifest.load(manifest_path),
         out=out,
         ledger_path=out / ledger.DEFAULT_NAME,
         api_base=served.url,
-        api_key=key or served.api_key,
-        options=RunOptions(**options),
-        rpm=rpm,
+        api_key=served.api_key,
+        options=RunOptions(),
     )
-    kwargs: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
-    todo = grid.expand(loaded) if jobs is None else jobs
-    return await run_batch(config, todo, state, handle_signals=False, **kwargs)
+    return await run_batch(config, jobs, ledger.LedgerState(), handle_signals=False)
 
 
 def lines(out: Path) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"  # UTC, to the second
 def test_log_lines_carry_a_utc_timestamp() -> None:
     assert stamped("batchgen: hi", now=1796090403.7) == "2026-12-01T02:00:03Z batchgen: hi"
     stream = io.StringIO()
-    progress = Progress(3, bar=False, stream=stream, interval=0.0)
+    progress = Progress(bar=False, stream=stream, interval=0.0, total=3)
     progress(events.JobFinished(job_id="a", ok=True, cost=0.063))
     progress(events.RunStopping("the --max-cost budget of $0.10 is reached", StopReason.BUDGET))
     progress.close()

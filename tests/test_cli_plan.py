@@ -138,7 +138,7 @@ async def test_outputs_and_thumbnails_are_never_read_back_as_inputs(
 
     async with emulated() as served:  # last night's batch, written inside the input tree
         result = await run(m, served, out)
-    assert result.totals.succeeded == 6
+    assert result.succeeded == 6
     gallery.write_gallery(ledger.ledgers_in(out))  # and its thumbnails, in out/thumbs/
     picked_up = sorted(out.rglob("*.jpg"))
     assert len(picked_up) > 6 and any(p.parent.name == "thumbs" for p in picked_up)

@@ -140,7 +140,7 @@ MILLION = textwrap.dedent(
     import resource, sys, json
     from batchgen import grid, manifest
     from batchgen.ledger import LedgerState
-    from batchgen.plan import make_plan
+    from batchgen.planning import make_plan
     m = manifest.load(sys.argv[1])
     plan = make_plan(manifest=m.display, model=m.model, price=m.price, axes={},
                      jobs=grid.expand(m), state=LedgerState())

@@ -17,7 +17,7 @@ from batchgen.grid import Job
 from batchgen.stops import StopReason
 from tests.helpers import make_image, write
 from tests.processes import batchgen, emulator_process, wait_for_lines
-from tests.runs import emulated, lines, make_project, run
+from tests.runs import emulated, lines, make_project, run, run_jobs
 
 DEAD_API = "http://127.0.0.1:9/v1"  # discard port: a request sent there would fail loudly
 
@@ -54,7 +54,7 @@ def test_a_second_manifest_never_overwrites_the_first_ones_paid_images(
 ) -> None:
     a, b = two_manifests(tmp_path)
     out = tmp_path / "out"
-    assert run_in_emulator(a, out).totals.succeeded == 2
+    assert run_in_emulator(a, out).succeeded == 2
     images = {p: p.read_bytes() for p in out.glob("*.jpg")}
     assert len(images) == 2
     ledger_before = (out / "ledger.jsonl").read_bytes()
@@ -78,7 +78,7 @@ def test_the_same_manifest_resumes_over_its_own_images(
     a, _ = two_manifests(tmp_path)
     out = tmp_path / "out"
     again = run_in_emulator(a, out, runs=2)
-    assert (again.totals.succeeded, again.totals.skipped_done) == (0, 2)
+    assert (again.succeeded, again.skipped_done) == (0, 2)
     monkeypatch.setenv("SEGMIND_API_KEY", "k")
     monkeypatch.setenv("SEGMIND_API_BASE", DEAD_API)
     assert main(["run", str(a), "--out", str(out), "--no-progress"]) == 0
@@ -90,7 +90,7 @@ def test_a_rerun_with_jobs_failed_for_good_exits_1_and_says_how_to_rerun_them(
     m = make_project(tmp_path, images=1, prompts=1, seeds=2)
     out = tmp_path / "out"
     first = run_in_emulator(m, out, script=(400,))
-    assert (first.totals.succeeded, first.totals.failed) == (1, 1)
+    assert (first.succeeded, first.failed) == (1, 1)
     monkeypatch.setenv("SEGMIND_API_KEY", "k")
     monkeypatch.setenv("SEGMIND_API_BASE", DEAD_API)
     assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 1
@@ -106,7 +106,7 @@ async def test_a_path_outside_out_is_recorded_unwritten_not_lost(tmp_path: Path)
     escaping = Job(job.job_id, job.params, "../escape.{ext}")
     out = tmp_path / "out"
     async with emulated() as served:
-        result = await run(m, served, out, jobs=[escaping])
+        result = await run_jobs(m, served, out, [escaping])
         assert served.stats.billed_total == 1
     assert result.totals.unwritten == 1 and result.totals.stopped is not None
     assert result.totals.stopped.reason is StopReason.WRITE_FAILURE

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import commands, ledger, report
-from batchgen.cli import build_parser, main
+import batchgen
+from batchgen import ledger, summaries
+from batchgen.cli import main
 from batchgen.errors import InputError
-from batchgen.runner import RunTotals
 from batchgen.stops import StopReason
 from tests.helpers import make_image, write
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
@@ -24,7 +24,7 @@ async def test_every_job_succeeds_once_with_its_file_and_ledger_lines(tmp_path: 
     async with emulated() as served:
         result = await run(m, served, out, concurrency=4)
         stats = served.stats
-    assert result.totals.succeeded == 12 and result.totals.failed == 0 and not result.totals.stopped
+    assert result.succeeded == 12 and result.failed == 0 and not result.stopped
     records = lines(out)
     statuses = Counter(r["status"] for r in records)
     assert statuses == {"run": 1, "started": 12, "succeeded": 12, "run_end": 1}
@@ -48,11 +48,11 @@ async def test_transient_faults_recover_without_sleeping(tmp_path: Path) -> None
     sleep = FakeSleep()
     async with emulated(script=[502, 504, 500, 200], billed_504_share=0.0) as served:
         result = await run(m, served, out, sleep=sleep, concurrency=1)
-    assert result.totals.succeeded == 1 and result.totals.requests == 4
+    assert result.succeeded == 1 and result.requests == 4
     retries = [r for r in lines(out) if r["status"] == "retry"]
     assert [r["http_status"] for r in retries] == [502, 504, 500]
     assert [r["billed"] for r in retries] == ["maybe", "maybe", "no"]
-    assert result.totals.possibly_billed == pytest.approx(2 * 0.063)
+    assert result.possibly_billed == pytest.approx(2 * 0.063)
     assert len(sleep.pauses) == 3 and all(0 <= p <= 4 for p in sleep.pauses)
 
 
@@ -61,11 +61,11 @@ async def test_gives_up_after_max_attempts_and_resumes_later(tmp_path: Path) -> 
     out = tmp_path / "out"
     async with emulated(script=[500, 500, 500]) as served:
         first = await run(m, served, out, sleep=FakeSleep(), max_attempts=3)
-        assert first.totals.failed == 1 and first.totals.requests == 3
+        assert first.failed == 1 and first.requests == 3
         failed = [r for r in lines(out) if r["status"] == "failed"]
         assert failed[0]["retryable"] is True and failed[0]["attempts"] == 3
         second = await run(m, served, out, sleep=FakeSleep())
-    assert second.totals.succeeded == 1  # retryable failures are retried on resume
+    assert second.succeeded == 1  # retryable failures are retried on resume
 
 
 async def test_a_429_storm_slows_the_pool_and_does_not_use_up_attempts(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ async def test_a_429_storm_slows_the_pool_and_does_not_use_up_attempts(tmp_path:
     sleep = FakeSleep()
     async with emulated(script=[429] * 8) as served:
         result = await run(m, served, out, sleep=sleep, max_attempts=2, rpm=6000)
-    assert result.totals.succeeded == 1 and result.totals.throttled == 8
+    assert result.succeeded == 1 and result.throttled == 8
     # with a fixed --rpm, the pool-wide cool-down grows while the 429s continue
     assert sleep.pauses[:4] == [2.0, 4.0, 8.0, 16.0]
 
@@ -85,7 +85,7 @@ async def test_a_real_rate_limit_is_survived(tmp_path: Path) -> None:
     async with emulated(rate_limit_rpm=1200, rate_burst=2, retry_after=True) as served:
         result = await run(m, served, out, concurrency=8, rpm=1200)
         stats = served.stats
-    assert result.totals.succeeded == 12
+    assert result.succeeded == 12
     assert stats.billed_total == 12 and not stats.double_charged()
 
 
@@ -94,10 +94,10 @@ async def test_a_400_fails_that_job_only(tmp_path: Path) -> None:
     out = tmp_path / "out"
     async with emulated(script=[400]) as served:
         result = await run(m, served, out, concurrency=1, sleep=FakeSleep())
-    assert (result.totals.succeeded, result.totals.failed) == (3, 1)
+    assert (result.succeeded, result.failed) == (3, 1)
     failed = [r for r in lines(out) if r["status"] == "failed"]
     assert failed[0]["http_status"] == 400 and failed[0]["retryable"] is False
-    summary = report.summarize([out / ledger.DEFAULT_NAME])
+    summary = summaries.summarize([out / ledger.DEFAULT_NAME])
     assert summary.failed == 1 and summary.succeeded == 3
 
 
@@ -122,10 +122,10 @@ async def test_run_stopping_answers_stop_after_few_requests(
         key = setting.get("key")
         result = await run(m, served, out, key=str(key) if key else None, concurrency=4)
         requests = served.stats.requests_total
-    assert result.totals.stopped is not None and reason in result.totals.stopped.message
-    assert result.totals.stopped.reason is kind
+    assert result.stopped is not None and reason in result.stopped.message
+    assert result.stopped.reason is kind
     assert requests <= 4 + 1 + 4  # the pool stops at once: no new requests after the answer
-    assert result.totals.failed == 0  # not the jobs' fault: the next run does them
+    assert result.failed == 0  # not the jobs' fault: the next run does them
     statuses = Counter(r["status"] for r in lines(out))
     assert statuses["failed"] == 0 and statuses["interrupted"] >= 1
 
@@ -136,10 +136,10 @@ async def test_max_cost_is_never_exceeded(tmp_path: Path) -> None:
     async with emulated(latency=0.05) as served:
         result = await run(m, served, out, concurrency=6, max_cost=0.2)
         billed = served.stats.billed_total
-    assert billed == 3 and result.totals.spent <= 0.2
-    assert result.totals.stopped is not None
-    assert result.totals.stopped.reason is StopReason.BUDGET
-    assert "--max-cost" in result.totals.stopped.message
+    assert billed == 3 and result.spent <= 0.2
+    assert result.stopped is not None
+    assert result.stopped.reason is StopReason.BUDGET
+    assert "--max-cost" in result.stopped.message
 
 
 async def test_editing_the_manifest_runs_only_new_jobs(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ async def test_editing_the_manifest_runs_only_new_jobs(tmp_path: Path) -> None:
         write(m, m.read_text().replace('prompt: ["prompt 0"]', 'prompt: ["prompt 0", "new one"]'))
         again = await run(m, served, out)
         assert served.stats.requests_total == 8
-        assert again.totals.skipped_done == 4 and again.totals.succeeded == 4
+        assert again.skipped_done == 4 and again.succeeded == 4
         assert not served.stats.double_charged()
 
 
@@ -167,7 +167,7 @@ async def test_resume_after_a_torn_line_and_a_lost_file(tmp_path: Path) -> None:
         again = await run(m, served, out)
         fps = job_fingerprints(m)
         charges = served.stats.charges
-    assert again.totals.succeeded == 1 and again.totals.skipped_done == 3
+    assert again.succeeded == 1 and again.skipped_done == 3
     assert charges[fps[done[0]["job_id"]]] == 2  # only the lost one was paid again
     assert sum(charges.values()) == 5
     assert all(line.strip() for line in (out / "ledger.jsonl").read_text().splitlines())
@@ -202,12 +202,11 @@ async def test_an_edited_template_may_not_write_over_another_jobs_image(tmp_path
         )
         return write(tmp_path / "m.yaml", f'output: "{template}"\njobs:{entries}\n')
 
-    async def run_command(path: Path) -> RunTotals:
-        out = str(tmp_path / "out")
-        args = build_parser().parse_args(["run", str(path), "--out", out, "--concurrency", "1"])
-        prepared = commands.prepare(args)
-        config = commands.batch_config(args, prepared, served.url, served.api_key)
-        return (await commands.run_with_progress(config, prepared, bar=False)).totals
+    async def run_command(path: Path) -> batchgen.RunResult:
+        out = tmp_path / "out"
+        return await batchgen.run_async(
+            path, out=out, api_base=served.url, api_key=served.api_key, concurrency=1
+        )
 
     async with emulated() as served:
         await run_command(manifest("{prompt}.{ext}", [("cat", "dog")]))

@@ -65,7 +65,7 @@ async def test_a_redirect_is_not_followed_and_stops_the_run(tmp_path: Path, stat
             result = await run_against(api_base, m, out, concurrency=2)
     assert taken.requests == 0  # not one request, POST or GET, reached the other host
     assert 1 <= seen.requests <= 2  # the pool stopped at the first answer
-    totals = result.totals
+    totals = result
     assert totals.stopped is not None and totals.stopped.reason is StopReason.REDIRECT
     other_host = other.removesuffix("/v1")
     assert f"HTTP {status}" in totals.stopped.message and other_host in totals.stopped.message
@@ -86,8 +86,8 @@ async def test_the_key_is_kept_out_of_error_messages(tmp_path: Path) -> None:
 
     async with web_server(echo) as (api_base, seen):
         result = await run_against(api_base, m, out)
-    assert seen.keys == [KEY] and result.totals.failed == 1
-    assert KEY not in ledger_text(out) and KEY not in str(result.totals.failures)
+    assert seen.keys == [KEY] and result.failed == 1
+    assert KEY not in ledger_text(out) and KEY not in str(result.failures)
     failed = next(r for r in lines(out) if r["status"] == "failed")
     assert failed["error"] == "bad seed for key [the API key]"
 
@@ -153,7 +153,7 @@ async def test_a_cut_image_is_billed_and_retried(tmp_path: Path, answer: bytes) 
     out = tmp_path / "out"
     async with raw_server(scripted(answer)) as (api_base, seen):
         result = await run_against(api_base, m, out, sleep=FakeSleep())
-    totals = result.totals
+    totals = result
     assert (totals.succeeded, totals.failed, totals.requests, seen.requests) == (1, 0, 2, 2)
     assert totals.spent == pytest.approx(2 * PRICE) and totals.possibly_billed == 0
     records = lines(out)
@@ -169,8 +169,8 @@ async def test_cut_images_fail_the_job_after_max_attempts(tmp_path: Path) -> Non
     cut = CUT_ANSWERS["no Content-Length, cut, closed"]
     async with raw_server(scripted(*[cut] * 10)) as (api_base, seen):
         result = await run_against(api_base, m, out, sleep=FakeSleep(), max_attempts=3)
-    assert seen.requests == 3 and result.totals.failed == 1
-    assert result.totals.spent == pytest.approx(3 * PRICE)
+    assert seen.requests == 3 and result.failed == 1
+    assert result.spent == pytest.approx(3 * PRICE)
     failed = next(r for r in lines(out) if r["status"] == "failed")
     assert (failed["retryable"], failed["billed"], failed["attempts"]) == (True, "billed", 3)
     assert "cut short" in failed["error"]
@@ -191,7 +191,7 @@ async def test_a_200_that_is_not_an_image_is_billed_and_rerun_later(
     ):
         first = await run_against(api_base, m, out, sleep=FakeSleep())
         assert seen.requests == 1  # not retried at once: the next one would likely be the same
-        assert first.totals.failed == 1 and first.totals.spent == pytest.approx(PRICE)
+        assert first.failed == 1 and first.spent == pytest.approx(PRICE)
         failed = next(r for r in lines(out) if r["status"] == "failed")
         assert (failed["http_status"], failed["billed"], failed["retryable"]) == (
             200,
@@ -199,7 +199,7 @@ async def test_a_200_that_is_not_an_image_is_billed_and_rerun_later(
             True,
         )
         second = await run_against(api_base, m, out, sleep=FakeSleep())  # the same out folder
-    assert seen.requests == 2 and second.totals.succeeded == 1
+    assert seen.requests == 2 and second.succeeded == 1
 
 
 def _peak_rss_reset() -> bool:
@@ -246,8 +246,8 @@ async def test_an_answer_over_the_cap_fails_without_filling_memory(
     growth = _peak_rss_bytes() - before
     assert growth < 100 * 1024 * 1024, f"peak RSS grew by {growth / 2**20:.0f} MB"
     assert sent[0] < size  # the client stopped reading; the server could not finish
-    assert seen.requests == 1 and result.totals.failed == 1
-    assert result.totals.spent == pytest.approx(PRICE)
+    assert seen.requests == 1 and result.failed == 1
+    assert result.spent == pytest.approx(PRICE)
     failed = next(r for r in lines(out) if r["status"] == "failed")
     assert (failed["billed"], failed["retryable"]) == ("billed", False)
     assert "cap" in failed["error"]
@@ -278,7 +278,7 @@ async def test_a_long_wait_asked_for_is_capped(
     with caplog.at_level(logging.WARNING, logger="batchgen"):
         async with web_server(limited) as (api_base, seen):
             result = await run_against(api_base, m, out, sleep=sleep)
-    assert result.totals.succeeded == 1 and seen.requests == 4
+    assert result.succeeded == 1 and seen.requests == 4
     assert max(sleep.pauses) == pytest.approx(60.0)  # never the hour (or years) asked for
     assert sleep.now <= 3 * 60 + 5
     capped = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
@@ -298,7 +298,7 @@ async def test_a_useless_retry_after_means_our_own_backoff(tmp_path: Path, value
     sleep = FakeSleep()
     async with web_server(limited) as (api_base, seen):
         result = await run_against(api_base, m, out, sleep=sleep, rpm=6000)
-    assert result.totals.succeeded == 1 and seen.requests == 5
+    assert result.succeeded == 1 and seen.requests == 5
     assert [p for p in sleep.pauses if p >= 1.0][:4] == [2.0, 4.0, 8.0, 16.0]
 
 
@@ -332,7 +332,7 @@ async def test_kept_alive_connections_closed_silently_cost_nothing(tmp_path: Pat
     handler = closes_idle_connections([0.0, 0.002, 0.01])
     async with raw_server(handler) as (api_base, seen):
         result = await run_against(api_base, m, out, sleep=FakeSleep(), concurrency=8)
-    totals = result.totals
+    totals = result
     assert (totals.succeeded, totals.failed, totals.stopped) == (200, 0, None)
     assert seen.requests == 200  # every image made once, none twice
     assert totals.possibly_billed == 0 and totals.spent == pytest.approx(200 * PRICE)
@@ -350,8 +350,8 @@ async def test_a_request_read_then_dropped_is_possibly_billed(tmp_path: Path) ->
     out = tmp_path / "out"
     async with raw_server(scripted(AndClose(b""))) as (api_base, seen):
         result = await run_against(api_base, m, out, sleep=FakeSleep())
-    assert seen.requests == 2 and result.totals.succeeded == 1
-    assert result.totals.possibly_billed == pytest.approx(PRICE)
+    assert seen.requests == 2 and result.succeeded == 1
+    assert result.possibly_billed == pytest.approx(PRICE)
     retry = next(r for r in lines(out) if r["status"] == "retry")
     assert (retry["billed"], retry["http_status"], retry["cost"]) == ("maybe", None, PRICE)
     assert "already closed" not in retry["error"]  # a new connection: it may have run

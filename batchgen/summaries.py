@@ -7,14 +7,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from batchgen import ledger
 from batchgen.errors import failure_text
-from batchgen.plan import format_duration
-
-if TYPE_CHECKING:
-    from batchgen.batch import BatchResult
 
 
 @dataclass
@@ -144,7 +140,7 @@ def render(summary: Summary) -> str:
         lines.append(f"unfinished  {summary.not_finished:,} (the next run does them)")
     if summary.unwritten:
         lines.append(f"unwritten   {summary.unwritten:,} {UNWRITTEN}")
-    lines += _money(
+    lines += money_lines(
         summary.spent,
         summary.requests,
         summary.possibly_billed,
@@ -162,7 +158,7 @@ def render(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-def _money(
+def money_lines(
     spent: float, requests: int, maybe: float, credits: str | None, *, why: str
 ) -> list[str]:
     """What was paid, what may have been, what is left: the same lines for a ledger's
@@ -173,50 +169,3 @@ def _money(
     if credits is not None:
         lines.append(f"credits     {credits} remaining, as the service said")
     return lines
-
-
-def render_run(
-    result: BatchResult,
-    *,
-    out: Path,
-    ledger_path: Path,
-    resume: str | None,
-    retry: str | None = None,
-) -> str:
-    """The end-of-run summary: this run's figures, where things went, how to resume
-    (`resume`) and how to run the jobs that failed for good again (`retry`)."""
-    totals = result.totals
-    head = "stopped early" if totals.stopped else "finished"
-    lines = [
-        f"{head} in {format_duration(result.seconds)}"
-        + (f": {totals.stopped}" if totals.stopped else ""),
-        f"  succeeded   {totals.succeeded:,}"
-        + (f" ({totals.skipped_done:,} were already done)" if totals.skipped_done else ""),
-        f"  failed      {totals.failed:,}"
-        + (f" ({totals.skipped_failed:,} failed before, skipped)" if totals.skipped_failed else ""),
-    ]
-    lines += [
-        f"    {count:>5}  {failure_text(*failure)}"
-        for failure, count in totals.failures.most_common(10)
-    ]
-    if totals.skipped_failed and retry is None:
-        lines.append("              (--retry-failed runs the jobs that failed before again)")
-    if totals.unwritten:
-        lines.append(f"  unwritten   {totals.unwritten:,} {UNWRITTEN}")
-    if totals.not_run:
-        lines.append(f"  not run     {totals.not_run:,} (the next run does them)")
-    money = _money(
-        totals.spent,
-        totals.requests,
-        totals.possibly_billed,
-        totals.remaining_credits,
-        why="502/504, timeouts",
-    )
-    lines += [f"  {line}" for line in money]
-    lines.append(f"  images      {out}/")
-    lines.append(f"  ledger      {ledger_path}")
-    if resume:
-        lines.append(f"  resume      {resume}")
-    if retry:
-        lines.append(f"  retry       {retry}   # also the jobs that failed for good")
-    return "\n".join(lines)
