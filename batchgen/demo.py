@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from batchgen import commands, emulator, emulator_serve, runlock
+from batchgen import commands, runlock
 from batchgen.batch import BatchConfig, BatchResult
+from batchgen.emulator import EmulatorConfig, running_emulator
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,12 +25,12 @@ def _run_locked(args: argparse.Namespace) -> int:
     prepared = commands.prepare(args)
     loaded, plan = prepared.manifest, prepared.plan
     commands.check_room(args.out, plan.to_run)
-    config = emulator.EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
+    config = EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
     print(f"batchgen demo: {plan.jobs} jobs from {loaded.display}, ${plan.estimated_cost:.2f} "
           "at list price, against the bundled emulator (no key, no network, no bill)")  # fmt: skip
 
     async def go() -> tuple[BatchResult, BatchConfig, dict[str, object]]:
-        async with emulator_serve.running_emulator(config) as served:
+        async with running_emulator(config) as served:
             print(f"batchgen demo: emulator serving at {served.url}")
             batch = commands.batch_config(args, prepared, served.url, served.api_key)
             result = await commands.run_with_progress(batch, prepared, bar=not args.no_progress)

@@ -34,8 +34,8 @@ from PIL import Image
 
 from batchgen import api, retry
 from batchgen.emulator import DEMO_KEY, STATS, EmulatorConfig, fingerprint, make_app
-from batchgen.emulator_image import scaled_size
-from batchgen.emulator_serve import (
+from batchgen.emulator.pictures import scaled_size
+from batchgen.emulator.serve import (
     RunningEmulator,
     add_arguments,
     config_from_args,
@@ -646,7 +646,7 @@ def read_lines(process: subprocess.Popen[bytes], count: int, timeout: float) -> 
 
 @pytest.mark.slow
 def test_the_command_serves_until_sigterm() -> None:
-    argv = [sys.executable, "-m", "batchgen.emulator_serve", "--port", "0", "--script", "502"]
+    argv = [sys.executable, "-m", "batchgen.emulator", "--port", "0", "--script", "502"]
     process = subprocess.Popen(
         [*argv, "--image-scale", "0.03125"],
         cwd=ROOT,

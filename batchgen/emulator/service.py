@@ -24,8 +24,7 @@ What a request meets, in order:
 
 Only 200s and billed 504s are charged; `EmulatorStats.charges` counts charges per request
 fingerprint, so a test can prove that nobody paid twice. Serving it (a loopback port, the
-`batchgen emulator` command) is `emulator_serve.py`'s job; drawing its pictures is
-`emulator_image.py`'s.
+`batchgen emulator` command) is `serve.py`'s job; drawing its pictures is `pictures.py`'s.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from batchgen import api
-from batchgen.emulator_image import InvalidImage, RenderCache, render, request_spec, seed_for
+from batchgen.emulator.pictures import InvalidImage, RenderCache, render, request_spec, seed_for
 
 DEMO_KEY: Final = "batchgen-demo-key"
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Serving the emulator: on a loopback port in-process (demo, tests), or as a command
-(`batchgen emulator`, `python -m batchgen.emulator_serve`). The service itself,
-its rules and its misbehaviour, is in `emulator.py`.
+(`batchgen emulator`, `python -m batchgen.emulator`). The service itself,
+its rules and its misbehaviour, is in `service.py`.
 """
 
 from __future__ import annotations
@@ -8,19 +8,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
-import subprocess
 import sys
-import urllib.request
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from batchgen.argtypes import fraction, non_negative, number, positive
-from batchgen.emulator import (
+from batchgen.emulator.service import (
     CONFIG,
     DEMO_KEY,
     SCRIPTABLE,
@@ -67,7 +63,7 @@ async def running_emulator(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line options of `batchgen emulator` (and `-m batchgen.emulator_serve`)."""
+    """The command-line options of `batchgen emulator` (and `python -m batchgen.emulator`)."""
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
@@ -173,45 +169,7 @@ def _script(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m batchgen.emulator_serve [options]`: the emulator on its own."""
-    parser = argparse.ArgumentParser(prog="python -m batchgen.emulator_serve", description=__doc__)
+    """`python -m batchgen.emulator [options]`: the emulator on its own."""
+    parser = argparse.ArgumentParser(prog="python -m batchgen.emulator", description=__doc__)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-@dataclass
-class EmulatorProcess:
-    """`batchgen emulator` running in a process of its own (benchmarks, crash tests)."""
-
-    url: str
-    key: str
-    process: subprocess.Popen[str]
-
-    def stats(self) -> dict[str, Any]:
-        """The emulator's /_stats: who paid for what."""
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=30) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
-
-
-@contextlib.contextmanager
-def emulator_process(*options: str, key: str = DEMO_KEY) -> Iterator[EmulatorProcess]:
-    """Start `batchgen emulator --port 0 OPTIONS` on loopback; stop it afterwards."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", key, *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        process.stdout.readline()  # "batchgen emulator serving ..."
-        url = process.stdout.readline().split()[0].split("=", 1)[1]  # SEGMIND_API_BASE=...
-        yield EmulatorProcess(url, key, process)
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
