@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from batchgen.emulator import DEMO_KEY
 
@@ -24,6 +25,15 @@ class EmulatorProcess:
     url: str  # the api_base, ending in /v1
     key: str
     process: subprocess.Popen[str]
+    env: dict[str, str]  # what it printed to export: SEGMIND_API_BASE, _API_KEY, _HISTORY_BASE, ...
+
+    @property
+    def history_base(self) -> str:
+        return self.env["SEGMIND_HISTORY_BASE"]
+
+    @property
+    def storage_base(self) -> str:
+        return self.env["SEGMIND_STORAGE_BASE"]
 
     def stats(self) -> dict[str, Any]:
         """The emulator's /_stats: who paid for what."""
@@ -43,12 +53,26 @@ def serve_emulator(*options: str, key: str = DEMO_KEY) -> Iterator[EmulatorProce
     )
     try:
         assert process.stdout is not None
-        process.stdout.readline()  # "batchgen emulator serving ..."
-        url = process.stdout.readline().split()[0].split("=", 1)[1]  # SEGMIND_API_BASE=...
-        yield EmulatorProcess(url, key, process)
+        env = read_exports(process.stdout)
+        yield EmulatorProcess(env["SEGMIND_API_BASE"], env["SEGMIND_API_KEY"], process, env)
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def read_exports(stdout: IO[str]) -> dict[str, str]:
+    """The `export NAME=value` lines `batchgen emulator` prints, up to the blank line after them."""
+    env: dict[str, str] = {}
+    for line in stdout:
+        if not line.strip():
+            if env:
+                return env
+            continue
+        words = shlex.split(line)
+        if words[:1] == ["export"]:
+            name, _, value = words[1].partition("=")
+            env[name] = value
+    raise RuntimeError(f"the emulator exited before printing its environment; got {env}")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -16,24 +17,51 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from batchgen.argtypes import fraction, non_negative, number, positive
-from batchgen.emulator.service import (
-    CONFIG,
+from batchgen.emulator.accounting import EmulatorStats
+from batchgen.emulator.config import (
     DEMO_KEY,
+    OUTPUT_TTL_S,
+    RECORD_TTL_S,
     SCRIPTABLE,
     SHUTDOWN_TIMEOUT_S,
-    STATS,
     EmulatorConfig,
-    EmulatorStats,
-    make_app,
 )
+from batchgen.emulator.service import make_app
+from batchgen.emulator.state import CONFIG, STATS
 
 
 @dataclass(frozen=True, slots=True)
 class RunningEmulator:
-    """A served emulator: `url` is the api_base to give a client (it ends in /v1)."""
+    """A served emulator: `url` is the api_base to give a client (it ends in /v1); the request
+    history and the asset storage are at its `root`."""
 
     url: str
     app: web.Application
+
+    @property
+    def root(self) -> str:
+        return self.url.removesuffix("/v1")
+
+    @property
+    def v2_url(self) -> str:
+        return f"{self.root}/v2"
+
+    @property
+    def history_base(self) -> str:
+        return self.root
+
+    @property
+    def storage_base(self) -> str:
+        return self.root
+
+    def environment(self) -> dict[str, str]:
+        """The variables a client needs to use this emulator."""
+        return {
+            "SEGMIND_API_BASE": self.url,
+            "SEGMIND_API_KEY": self.api_key,
+            "SEGMIND_HISTORY_BASE": self.history_base,
+            "SEGMIND_STORAGE_BASE": self.storage_base,
+        }
 
     @property
     def stats(self) -> EmulatorStats:
@@ -65,38 +93,109 @@ async def running_emulator(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line options of `batchgen emulator` (and `python -m batchgen.emulator`)."""
     add = parser.add_argument
-    add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    add("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
-    add("--key", default=DEMO_KEY, help=f"the API key to accept (default {DEMO_KEY})")
+    add("--host", default="127.0.0.1", help="address to bind (default: %(default)s, loopback)")
+    add(
+        "--port",
+        type=int,
+        default=8000,
+        help="port to bind; 0 picks a free one (default %(default)s)",
+    )
+    add("--key", default=DEMO_KEY, help="the API key to accept (default %(default)s)")
     add(
         "--latency",
         type=non_negative,
         default=0.0,
-        help="mean seconds per image (default 0)",
+        help="mean seconds per image (default %(default)s)",
     )
     add(
-        "--latency-jitter",
-        type=fraction,
-        default=0.2,
-        help="relative spread (default 0.2)",
+        "--latency-jitter", type=fraction, default=0.2, help="relative spread (default %(default)s)"
     )
-    add("--rpm", type=positive, default=None, help="rate limit, requests per minute")
-    add("--burst", type=int, default=2, help="rate-limit bucket size (default 2)")
+    add(
+        "--rpm", type=positive, default=None, help="rate limit, requests per minute (default: none)"
+    )
+    add("--burst", type=int, default=2, help="rate-limit bucket size (default %(default)s)")
     add("--retry-after", action="store_true", help="send Retry-After on 429 (Segmind does not)")
-    add("--max-in-flight", type=int, default=None, help="concurrency cap; over it answers 429")
+    add(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="images at once; over it v1 answers 429 and v2 waits QUEUED (default: no cap)",
+    )
     for status in (500, 502, 504):
         add(
             f"--fail-{status}",
             type=fraction,
             default=0.0,
-            help=f"probability of a {status}",
+            help=f"probability of a v1 {status} (default %(default)s)",
         )
-    add("--billed-504-share", type=fraction, default=0.5, help="share of 504s billed")
-    add("--credits", type=non_negative, default=None, help="starting balance in USD")
-    add("--script", type=_script, default=(), help="statuses for the next requests: 502,504,200")
-    add("--seed", type=int, default=0, help="seed for every random draw (default 0)")
-    add("--image-scale", type=_scale, default=1.0, help="draw images at resolution*scale")
-    add("--format", choices=("jpeg", "png"), default="jpeg", help="output format")
+    add(
+        "--billed-504-share",
+        type=fraction,
+        default=0.5,
+        help="share of 504s whose image was made and billed (default %(default)s)",
+    )
+    add(
+        "--no-fault-request-id",
+        dest="fault_request_id",
+        action="store_false",
+        help="5xx answers carry no x-request-id: find the history row by its body",
+    )
+    add(
+        "--v2-submit-504-share",
+        type=fraction,
+        default=0.0,
+        help="share of v2 submissions queued (they complete and bill) but answered 504 "
+        "(default %(default)s)",
+    )
+    add(
+        "--v2-fail",
+        type=fraction,
+        default=0.0,
+        help="probability a v2 request ends FAILED, 422, not billed (default %(default)s)",
+    )
+    add(
+        "--record-ttl",
+        type=positive,
+        default=RECORD_TTL_S,
+        help="seconds the v2 status and result URLs answer (default %(default)s)",
+    )
+    add(
+        "--output-ttl",
+        type=positive,
+        default=OUTPUT_TTL_S,
+        help="seconds the output image URLs answer (default %(default)s, 7 days)",
+    )
+    add(
+        "--history-lag",
+        type=non_negative,
+        default=0.0,
+        help="seconds before a history row shows a change (default %(default)s; real: up to 30)",
+    )
+    add(
+        "--credits",
+        type=non_negative,
+        default=None,
+        help="starting balance in USD (default: unlimited)",
+    )
+    add(
+        "--script",
+        type=_script,
+        default=(),
+        help="statuses for the next requests (v1 upstream answers, v2 submissions): 502,504,200",
+    )
+    add("--seed", type=int, default=0, help="seed for every random draw (default %(default)s)")
+    add(
+        "--image-scale",
+        type=_scale,
+        default=1.0,
+        help="draw images at resolution*scale (default %(default)s)",
+    )
+    add(
+        "--format",
+        choices=("jpeg", "png"),
+        default="jpeg",
+        help="output format (default %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
@@ -113,6 +212,12 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         fault_502=args.fail_502,
         fault_504=args.fail_504,
         billed_504_share=args.billed_504_share,
+        fault_request_id=args.fault_request_id,
+        v2_submit_504_share=args.v2_submit_504_share,
+        v2_fail=args.v2_fail,
+        record_ttl=args.record_ttl,
+        output_ttl=args.output_ttl,
+        history_lag=args.history_lag,
         credits=args.credits,
         script=tuple(args.script),
         seed=args.seed,
@@ -145,8 +250,10 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with running_emulator(config, host, port) as emulator:
-            print(f"batchgen emulator serving {emulator.url} (Ctrl-C stops it); use:", flush=True)
-            print(f"SEGMIND_API_BASE={emulator.url} SEGMIND_API_KEY={config.api_key}", flush=True)
+            print(f"batchgen emulator serving {emulator.root} (Ctrl-C stops it); to use it:")
+            for name, value in emulator.environment().items():
+                print(f"export {name}={shlex.quote(value)}")
+            print(flush=True)
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
