@@ -198,7 +198,7 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from batchgen import emulator_serve
+    from batchgen.emulator import serve as emulator_serve
 
     emu = _command(subparsers, "emulator", "serve the bundled emulator of the API on loopback")
     emulator_serve.add_arguments(emu)

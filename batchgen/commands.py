@@ -179,13 +179,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """A real run of the demo manifest against the bundled emulator, served in-process
     on a free loopback port with its own key: no key of yours, no network, no bill."""
-    from batchgen import emulator, emulator_serve  # only the demo needs the emulator
+    from batchgen.emulator import EmulatorConfig, running_emulator  # only the demo needs it
 
-    config = emulator.EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
+    config = EmulatorConfig(latency=args.latency, latency_jitter=0.3, credits=100.0)
     progress = Progress(bar=not args.no_progress and sys.stderr.isatty())
 
     async def go() -> tuple[RunResult, dict[str, object]]:
-        async with emulator_serve.running_emulator(config) as served:
+        async with running_emulator(config) as served:
 
             def listener(event: events.Event) -> None:
                 if isinstance(event, events.RunPlanned):

@@ -22,10 +22,10 @@ from PIL import Image
 
 from batchgen import grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.emulator_serve import EmulatorProcess, emulator_process
 from batchgen.images import EncodedImages
 from batchgen.progress import Progress
 from batchgen.runner import RunOptions
+from tests.processes import EmulatorProcess, serve_emulator
 
 KEY = "bench-key"
 
@@ -74,7 +74,7 @@ def machine() -> str:
 
 @contextmanager
 def emulator(*options: str) -> Iterator[EmulatorProcess]:
-    with emulator_process(*options, key=KEY) as served:
+    with serve_emulator(*options, key=KEY) as served:
         yield served
 
 

@@ -1,24 +1,84 @@
-"""Real processes for tests: a standalone emulator, and `batchgen run` to kill."""
+"""Real processes for tests and benchmarks: a standalone emulator, and `batchgen run` to kill."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from batchgen.emulator_serve import EmulatorProcess
-from batchgen.emulator_serve import emulator_process as serve
+from batchgen.emulator import DEMO_KEY
+
+
+@dataclass
+class EmulatorProcess:
+    """`batchgen emulator` running in a process of its own (benchmarks, crash tests)."""
+
+    url: str  # the api_base, ending in /v1
+    key: str
+    process: subprocess.Popen[str]
+    env: dict[str, str]  # what it printed to export: SEGMIND_API_BASE, _API_KEY, _HISTORY_BASE, ...
+
+    @property
+    def history_base(self) -> str:
+        return self.env["SEGMIND_HISTORY_BASE"]
+
+    @property
+    def storage_base(self) -> str:
+        return self.env["SEGMIND_STORAGE_BASE"]
+
+    def stats(self) -> dict[str, Any]:
+        """The emulator's /_stats: who paid for what."""
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/_stats", timeout=30) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
+
+@contextmanager
+def serve_emulator(*options: str, key: str = DEMO_KEY) -> Iterator[EmulatorProcess]:
+    """Start `batchgen emulator --port 0 OPTIONS` on loopback; stop it afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "batchgen", "emulator", "--port", "0", "--key", key, *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        env = read_exports(process.stdout)
+        yield EmulatorProcess(env["SEGMIND_API_BASE"], env["SEGMIND_API_KEY"], process, env)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def read_exports(stdout: IO[str]) -> dict[str, str]:
+    """The `export NAME=value` lines `batchgen emulator` prints, up to the blank line after them."""
+    env: dict[str, str] = {}
+    for line in stdout:
+        if not line.strip():
+            if env:
+                return env
+            continue
+        words = shlex.split(line)
+        if words[:1] == ["export"]:
+            name, _, value = words[1].partition("=")
+            env[name] = value
+    raise RuntimeError(f"the emulator exited before printing its environment; got {env}")
 
 
 @contextmanager
 def emulator_process(*options: str, key: str = "test-key-123") -> Iterator[EmulatorProcess]:
     """The standalone emulator, drawing tiny images: tests check files, not pixels."""
-    with serve("--image-scale", "0.03125", *options, key=key) as emulator:
+    with serve_emulator("--image-scale", "0.03125", *options, key=key) as emulator:
         yield emulator
 
 

@@ -13,8 +13,7 @@ from typing import Any
 import batchgen
 from batchgen import api, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
-from batchgen.emulator import EmulatorConfig, fingerprint
-from batchgen.emulator_serve import RunningEmulator, running_emulator
+from batchgen.emulator import EmulatorConfig, RunningEmulator, fingerprint, running_emulator
 from batchgen.grid import Job
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.runner import RunOptions

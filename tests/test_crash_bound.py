@@ -32,8 +32,7 @@ from typing import Any
 import pytest
 
 from batchgen import grid, ledger, manifest
-from batchgen.emulator_serve import EmulatorProcess
-from tests.processes import batchgen, emulator_process
+from tests.processes import EmulatorProcess, batchgen, emulator_process
 from tests.runs import job_fingerprints, make_project
 from tests.slowdisk import slow_disk_env, slow_fsync_library
 

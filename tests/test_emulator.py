@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import importlib
 import io
 import json
 import queue
@@ -34,8 +35,8 @@ from PIL import Image
 
 from batchgen import api, retry
 from batchgen.emulator import DEMO_KEY, STATS, EmulatorConfig, fingerprint, make_app
-from batchgen.emulator_image import scaled_size
-from batchgen.emulator_serve import (
+from batchgen.emulator.pictures import scaled_size
+from batchgen.emulator.serve import (
     RunningEmulator,
     add_arguments,
     config_from_args,
@@ -574,6 +575,38 @@ def test_the_segmind_sdk_run_sync_against_the_emulator() -> None:
     )
 
 
+def test_the_segmind_sdk_v2_upload_and_history_against_the_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's own v2 loop (submit, poll, result), its upload and its history calls."""
+    segmind = pytest.importorskip("segmind")
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (250, 10, 10)).save(photo)
+    with served_in_thread(EmulatorConfig(image_scale=1 / 16, credits=1.0)) as emulator:
+        # `segmind.files` is a namespace object; the modules hold the hard-coded hosts
+        files, generations = (
+            importlib.import_module(f"segmind.{m}") for m in ("files", "generations")
+        )
+        monkeypatch.setattr(files.Files, "STORAGE_BASE_URL", emulator.storage_base)
+        history_url = f"{emulator.history_base}/inference-request/request-history"
+        monkeypatch.setattr(generations, "REQUEST_HISTORY_URL", history_url)
+        sdk = segmind.SegmindClient(api_key=DEMO_KEY, base_url=emulator.url)
+        try:
+            (asset,) = sdk.files.upload(photo)["file_urls"]
+            result = sdk.run(api.MODEL, **{**VENDOR_DATA, "image_file": asset})
+            rows = sdk.generations.history(model_name=api.MODEL, status="COMPLETED")["data"]
+            row = sdk.generations.get(result["request_id"])
+            image = requests.get(result["output"]).content  # no key: a public URL
+        finally:
+            sdk._client.close()
+        stats = emulator.stats
+    assert result["status"] == "COMPLETED" and result["metrics"]["cost"] == 0.063
+    assert api.sniff_image(image) == "jpeg"
+    assert [r["request_id"] for r in rows] == [result["request_id"]]
+    assert row["request_body"]["image_file"] == asset and row["generation_url"] == result["output"]
+    assert (stats.billed_total, stats.uploads, stats.v2_completed) == (1, 1, 1)
+
+
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -588,13 +621,16 @@ def test_options_become_a_config() -> None:
         "--key", "k", "--latency", "2", "--rpm", "5", "--burst", "1", "--retry-after",
         "--max-in-flight", "10", "--fail-500", "0.1", "--fail-502", "0.2", "--fail-504", "0.3",
         "--credits", "1.5", "--script", "502,504,200", "--seed", "7", "--image-scale", "0.25",
-        "--format", "png",
+        "--format", "png", "--no-fault-request-id", "--v2-submit-504-share", "0.25",
+        "--v2-fail", "0.1", "--record-ttl", "60", "--output-ttl", "120", "--history-lag", "30",
     )  # fmt: skip
     assert (args.host, args.port) == ("127.0.0.1", 8000)
     expected = EmulatorConfig(
         api_key="k", latency=2.0, rate_limit_rpm=5.0, rate_burst=1, retry_after=True,
         max_in_flight=10, fault_500=0.1, fault_502=0.2, fault_504=0.3, credits=1.5,
         script=(502, 504, 200), seed=7, image_scale=0.25, output_format="png",
+        fault_request_id=False, v2_submit_504_share=0.25, v2_fail=0.1, record_ttl=60.0,
+        output_ttl=120.0, history_lag=30.0,
     )  # fmt: skip
     assert config_from_args(args) == expected
     assert config_from_args(parse()) == EmulatorConfig()
@@ -609,6 +645,10 @@ def test_options_become_a_config() -> None:
         ["--image-scale", "0"],
         ["--rpm", "0"],
         ["--format", "gif"],
+        ["--v2-fail", "2"],
+        ["--v2-submit-504-share", "-0.1"],
+        ["--record-ttl", "0"],
+        ["--history-lag", "-1"],
     ],
 )
 def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -616,6 +656,19 @@ def test_bad_options_are_usage_errors(argv: list[str], capsys: pytest.CaptureFix
         parse(*argv)
     assert exited.value.code == 2
     assert argv[0] in capsys.readouterr().err
+
+
+def test_the_help_shows_the_new_faults_and_their_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        parse("--help")
+    shown = " ".join(capsys.readouterr().out.split())
+    for fragment in (
+        "--v2-submit-504-share", "--v2-fail", "--record-ttl", "(default 3600.0)",
+        "--history-lag", "--no-fault-request-id", "--output-ttl",
+    ):  # fmt: skip
+        assert fragment in shown
 
 
 def test_run_from_args_reports_inconsistent_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -646,7 +699,7 @@ def read_lines(process: subprocess.Popen[bytes], count: int, timeout: float) -> 
 
 @pytest.mark.slow
 def test_the_command_serves_until_sigterm() -> None:
-    argv = [sys.executable, "-m", "batchgen.emulator_serve", "--port", "0", "--script", "502"]
+    argv = [sys.executable, "-m", "batchgen.emulator", "--port", "0", "--script", "502"]
     process = subprocess.Popen(
         [*argv, "--image-scale", "0.03125"],
         cwd=ROOT,
@@ -655,9 +708,13 @@ def test_the_command_serves_until_sigterm() -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        line = read_lines(process, 2, timeout=20)[1]
-        base, key = (part.split("=", 1)[1] for part in line.split())
+        lines = read_lines(process, 6, timeout=20)
+        exports = dict(line.removeprefix("export ").strip().split("=", 1) for line in lines[1:5])
+        base, key = exports["SEGMIND_API_BASE"], exports["SEGMIND_API_KEY"]
         assert base.startswith("http://127.0.0.1:") and key == DEMO_KEY
+        root = base.removesuffix("/v1")
+        assert exports["SEGMIND_HISTORY_BASE"] == exports["SEGMIND_STORAGE_BASE"] == root
+        assert lines[5] == "\n"
         statuses = [
             requests.post(f"{base}/{api.MODEL}", json=BODY, headers={"x-api-key": key}).status_code
             for _ in range(2)

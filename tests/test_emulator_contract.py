@@ -20,7 +20,7 @@ from PIL import Image
 
 from batchgen import api
 from batchgen.emulator import DEMO_KEY, EmulatorConfig, make_app
-from batchgen.emulator_image import scaled_size
+from batchgen.emulator.pictures import scaled_size
 
 SCALE = 1 / 16  # every resolution side is a multiple of 16, so sizes stay exact
 PATH = f"/v1/{api.MODEL}"
