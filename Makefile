@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest browser bench clean
+.PHONY: demo test test-fast lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP) browser
 	$(BIN)/pytest -q
+
+# The developers' loop: lint, types and every test but the real-process ones (about 20 s).
+test-fast: lint typecheck
+	$(BIN)/pytest -q -m "not slow"
 
 # The gallery's browser test needs Chromium (Debian's package). Installed when missing and
 # possible (root with apt-get); otherwise that one test is skipped, loudly.
