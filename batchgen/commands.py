@@ -217,7 +217,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from batchgen import metadata
 
-    return metadata.inspect_command(args.image, as_json=args.json)
+    meta = metadata.read_file(args.image)
+    if args.json:
+        print(json.dumps(meta, ensure_ascii=False, sort_keys=True))
+        return EXIT_OK
+    width = max(len(key) for key in meta)
+    for key in metadata.ordered(meta):
+        value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
+        indent = "\n" + " " * (width + 2)  # a prompt's own lines stay readable
+        print(f"{key:<{width}}  {indent.join(value.splitlines() or [''])}")
+    return EXIT_OK
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:

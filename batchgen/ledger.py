@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from batchgen import outputs
+from batchgen.planning import Standing
 from batchgen.errors import LedgerError
 
 VERSION: Final = 1
@@ -248,6 +249,17 @@ class LedgerState:
             record.status == "started" and (owns is None or owns(job_id))
             for job_id, record in self.records.items()
         )
+
+    def standing(self, job_id: str) -> Standing:
+        """What the ledgers say of a job, for a plan (reads its image if it succeeded)."""
+        record = self.records.get(job_id)
+        if record is None:
+            return "new"
+        if record.status == "succeeded":
+            return "done" if self.is_done(job_id) else "missing"
+        if record.status == "failed" and not record.retryable:
+            return "failed_for_good"
+        return "again"
 
     def failed_for_good(self, job_id: str) -> bool:
         record = self.records.get(job_id)

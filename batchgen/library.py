@@ -370,7 +370,7 @@ def _prepare(
         price=loaded.price,
         axes=grid.axis_sizes(loaded),
         jobs=jobs,
-        state=state,
+        standing=state.standing,
         retry_failed=retry_failed,
         concurrency=concurrency,
         rpm=rpm,

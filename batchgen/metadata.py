@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
+
+from batchgen.errors import InputError
 
 FIELDS: Final = (
     "prompt", "negative_prompt", "seed", "style_type", "resolution", "image_weight",
@@ -219,23 +220,19 @@ def _loads(raw: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def inspect_command(path: Path, as_json: bool = False) -> int:
-    """`batchgen inspect IMAGE`: print what `run` embedded. 0, or 2 with a message."""
+def read_file(path: Path) -> dict[str, Any]:
+    """The parameters `run` embedded in the image at `path`. Raises InputError when the
+    file cannot be read or carries none."""
     try:
         data = path.read_bytes()
     except OSError as err:
-        print(f"batchgen: {path}: cannot read: {err.strerror}", file=sys.stderr)
-        return 2
+        raise InputError(f"{path}: cannot read: {err.strerror}") from None
     meta = read(data)
     if meta is None:
-        print(f"batchgen: {path}: no batchgen parameters found", file=sys.stderr)
-        return 2
-    if as_json:
-        print(json.dumps(meta, ensure_ascii=False, sort_keys=True))
-        return 0
-    width = max(len(key) for key in meta)
-    for key in sorted(meta, key=lambda k: FIELDS.index(k) if k in FIELDS else len(FIELDS)):
-        value = meta[key] if isinstance(meta[key], str) else json.dumps(meta[key])
-        indent = "\n" + " " * (width + 2)  # a prompt's own lines stay readable
-        print(f"{key:<{width}}  {indent.join(value.splitlines() or [''])}")
-    return 0
+        raise InputError(f"{path}: no batchgen parameters found")
+    return meta
+
+
+def ordered(meta: Mapping[str, Any]) -> list[str]:
+    """The keys in the order a person reads them: the API's fields first."""
+    return sorted(meta, key=lambda k: FIELDS.index(k) if k in FIELDS else len(FIELDS))

@@ -1,20 +1,25 @@
 """The dry run: what a batch holds, what is already done, what the rest will cost.
 
-Pure: it takes jobs and a ledger state, touches no network.
+Pure: it takes jobs and what the ledgers say of each (`standing`: the ledger reads the
+files to tell done from missing), and touches no disk and no network.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from batchgen import api
 from batchgen.grid import Job
 from batchgen.images import Skipped
-from batchgen.ledger import LedgerState
 from batchgen.shard import shard_of
+
+
+# What the ledgers say of a job: never seen; succeeded and its image intact; succeeded but
+# its image gone or changed (paid again); failed for good; anything else (run it again).
+Standing = Literal["new", "done", "missing", "failed_for_good", "again"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def make_plan(
     price: float,
     axes: dict[str, int],
     jobs: Iterable[Job],
-    state: LedgerState,
+    standing: Callable[[str], Standing],
     retry_failed: bool = False,
     concurrency: int | None = None,
     rpm: float | None = None,
@@ -74,13 +79,13 @@ def make_plan(
     split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(split_into or 0)]
     for job in jobs:
         total += 1
-        known = job.job_id in state.records
-        finished = known and state.is_done(job.job_id)
+        said = standing(job.job_id)
+        finished = said == "done"
         if finished:
             done += 1
-        elif known and state.records[job.job_id].status == "succeeded":
+        elif said == "missing":
             missing += 1
-        elif known and not retry_failed and state.failed_for_good(job.job_id):
+        elif said == "failed_for_good" and not retry_failed:
             failed += 1
         if split:
             entry = split[shard_of(job.job_id, len(split)) - 1]

@@ -143,7 +143,7 @@ MILLION = textwrap.dedent(
     from batchgen.planning import make_plan
     m = manifest.load(sys.argv[1])
     plan = make_plan(manifest=m.display, model=m.model, price=m.price, axes={},
-                     jobs=grid.expand(m), state=LedgerState())
+                     jobs=grid.expand(m), standing=LedgerState().standing)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"jobs": plan.jobs, "rss_mb": rss_mb}))
     """

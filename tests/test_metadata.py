@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from batchgen import metadata
+from batchgen.cli import main
 
 META = {
     "prompt": 'a "quoted" <script>alert(1)</script>\nsecond line, été ☃',
@@ -158,9 +159,9 @@ def test_any_prompt_round_trips(prompt: str, seed: int, fmt: str) -> None:
 def test_inspect_prints_it_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "x.png"
     path.write_bytes(metadata.embed(picture("PNG"), "png", META))
-    assert metadata.inspect_command(path, as_json=True) == 0
+    assert main(["inspect", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["style_type"] == "ANIME"
-    assert metadata.inspect_command(path, False) == 0
+    assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == 'prompt               a "quoted" <script>alert(1)</script>'
     assert out[1] == "                     second line, été ☃"  # the prompt's own line, indented
@@ -170,7 +171,7 @@ def test_inspect_prints_it_back(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_inspect_says_why_it_cannot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "plain.png"
     plain.write_bytes(picture("PNG"))
-    assert metadata.inspect_command(plain, False) == 2
+    assert main(["inspect", str(plain)]) == 2
     assert capsys.readouterr().err == f"batchgen: {plain}: no batchgen parameters found\n"
-    assert metadata.inspect_command(tmp_path / "nope.jpg", False) == 2
+    assert main(["inspect", str(tmp_path / "nope.jpg")]) == 2
     assert "cannot read: No such file or directory" in capsys.readouterr().err
