@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from batchgen import outputs
-from batchgen.planning import Standing
 from batchgen.errors import LedgerError
+from batchgen.planning import Standing
 
 VERSION: Final = 1
 DEFAULT_NAME: Final = "ledger.jsonl"

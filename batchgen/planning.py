@@ -16,7 +16,6 @@ from batchgen.grid import Job
 from batchgen.images import Skipped
 from batchgen.shard import shard_of
 
-
 # What the ledgers say of a job: never seen; succeeded and its image intact; succeeded but
 # its image gone or changed (paid again); failed for good; anything else (run it again).
 Standing = Literal["new", "done", "missing", "failed_for_good", "again"]
