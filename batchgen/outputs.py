@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from anyascii import anyascii
+
 DEFAULT_TEMPLATE: Final = "{image}/{prompt}-{seed}-{job_id:.8}.{ext}"
 EXT_TOKEN: Final = "{ext}"  # left in rendered paths: the extension is known only from the answer
 FIELDS: Final = frozenset(
@@ -24,6 +26,7 @@ FIELDS: Final = frozenset(
     }
 )  # fmt: skip
 MAX_FIELD_CHARS: Final = 60
+NON_ASCII_MARK_CHARS: Final = 6  # hex digits of the original beside a transliteration
 MAX_COMPONENT_CHARS: Final = 120
 MAX_PATH_CHARS: Final = 240
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
@@ -73,9 +76,18 @@ def slug(value: object) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def _slug_text(text: str) -> str:
-    """Cached: a million-job grid renders the same few prompts and stems over and over."""
-    text = _UNSAFE.sub("-", text).strip("-.")
-    return text[:MAX_FIELD_CHARS].rstrip("-.") or "_"
+    """Cached: a million-job grid renders the same few prompts and stems over and over.
+
+    Text beyond ASCII is transliterated (anyascii: 熊猫 -> XiongMao, 🐼 -> panda_face)
+    and marked with a short digest of the original, since transliteration merges
+    values (妈 and 马 both read Ma): names stay readable and different values stay
+    apart. With nothing readable left, the digest alone names it."""
+    if text.isascii():
+        return _UNSAFE.sub("-", text).strip("-.")[:MAX_FIELD_CHARS].rstrip("-.") or "_"
+    mark = hashlib.sha256(text.encode()).hexdigest()[:NON_ASCII_MARK_CHARS]
+    readable = _UNSAFE.sub("-", anyascii(text)).strip("-.")
+    readable = readable[: MAX_FIELD_CHARS - NON_ASCII_MARK_CHARS - 1].rstrip("-.")
+    return f"{readable}-{mark}" if readable else mark
 
 
 def render(template: str, fields: Mapping[str, Any]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen import ledger, outputs
+from batchgen.cli import main
+from tests.helpers import make_image, write
 
 
 @settings(max_examples=200, deadline=None)
@@ -129,3 +133,45 @@ def test_check_path_names_the_rule(path: str, rule: str) -> None:
 @pytest.mark.parametrize("path", ["a/b.{ext}", ".hidden/x.{ext}", "a/.b/x..{ext}", "x" * 120])
 def test_check_path_accepts_fine_paths(path: str) -> None:
     assert outputs.check_path(path) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "readable"),
+    [
+        ("熊猫踢足球", "XiongMaoTiZuQiu-"),
+        ("🐼 playing ⚽", "panda_face-playing-soccer-"),
+        ("Привет мир", "Privet-mir-"),
+        ("été", "ete-"),
+    ],
+)
+def test_non_ascii_values_are_transliterated_and_marked(value: str, readable: str) -> None:
+    name = outputs.slug(value)
+    assert name.startswith(readable) and len(name) == len(readable) + 6
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name)
+
+
+def test_values_transliteration_would_merge_stay_apart() -> None:
+    assert outputs.slug("妈") != outputs.slug("马")  # both read "Ma"
+    assert outputs.slug("ete") == "ete" != outputs.slug("été")
+    assert re.fullmatch(r"[0-9a-f]{6}", outputs.slug("\u0301\u0301"))  # nothing readable left
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_any_text_slugs_to_a_safe_bounded_name(text: str) -> None:
+    name = outputs.slug(text)
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name) and len(name) <= outputs.MAX_FIELD_CHARS
+    assert name not in (".", "..")
+
+
+def test_plan_lists_readable_names_for_chinese_and_emoji_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_image(tmp_path / "p.jpg")
+    m = write(tmp_path / "m.yaml", """
+        output: "{prompt}-{job_id:.8}.{ext}"
+        grid: {image_file: [p.jpg], prompt: ["熊猫踢足球", "一只熊猫", "🐼🐼"], seed: [101]}
+        """)  # fmt: skip
+    assert main(["plan", str(m), "--list"]) == 0
+    paths = [json.loads(line)["output"] for line in capsys.readouterr().out.splitlines()]
+    assert [p.split("-")[0] for p in paths] == ["XiongMaoTiZuQiu", "YiZhiXiongMao", "panda_face"]
+    assert len(set(paths)) == 3
