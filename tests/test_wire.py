@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import time
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,26 @@ def test_a_bad_api_base_is_a_usage_error(
     assert ("--api-base" if flag is not None else "SEGMIND_API_BASE") in message
     assert repr(flag if flag is not None else env) in message
     assert not out.exists()  # nothing planned, nothing written, nothing sent
+
+
+# -- 6. a first 429 without --rpm is a brief slow-down --------------------------------
+
+
+async def test_one_429_as_the_first_answer_costs_a_brief_slow_down(tmp_path: Path) -> None:
+    """Before, the adaptive rate measured its first 10 ms, saw nothing let through and
+    fell to 3 a minute: these 20 jobs took 58 s."""
+    m = make_project(tmp_path, images=5, prompts=2, seeds=2)  # 20 jobs
+    out = tmp_path / "out"
+
+    async def once(request: web.Request, seen: Seen) -> web.StreamResponse:
+        if seen.requests == 1:
+            return web.json_response({"error": "slow down"}, status=429)
+        await asyncio.sleep(0.01)
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    began = time.monotonic()
+    async with web_server(once) as (api_base, seen):
+        result = await run_against(api_base, m, out)
+    took = time.monotonic() - began
+    assert (result.totals.succeeded, result.totals.throttled, seen.requests) == (20, 1, 21)
+    assert took < 3.0, f"20 jobs took {took:.1f} s after one 429"
