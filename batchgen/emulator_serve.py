@@ -143,6 +143,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+    """Serve until a signal; then, once requests in flight are done, print the final
+    /_stats as one JSON line (`{"final_stats": ...}`) on stdout."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -152,6 +154,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
             print(f"batchgen emulator serving {emulator.url} (Ctrl-C stops it); use:", flush=True)
             print(f"SEGMIND_API_BASE={emulator.url} SEGMIND_API_KEY={config.api_key}", flush=True)
             await stop.wait()
+        # requests in flight have finished: who paid for what, for whoever stopped it
+        print(json.dumps({"final_stats": emulator.stats.as_json()}), flush=True)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
