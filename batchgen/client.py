@@ -159,12 +159,18 @@ class Client:
                 trace_request_ctx=attempt,
             )
         except aiohttp.ConnectionTimeoutError:
-            raise TransportError(f"cannot connect to {self._base}: timed out", sent=False) from None
+            raise TransportError(
+                f"cannot connect to {self._base}: timed out", sent=False, reason="connect timed out"
+            ) from None
         except TimeoutError:
-            raise TransportError("timed out waiting for the service", sent=True) from None
+            raise TransportError(
+                "timed out waiting for the service", sent=True, reason="timed out"
+            ) from None
         except aiohttp.ClientConnectorError as err:
             raise TransportError(
-                f"cannot connect to {self._base}: {err.os_error}", sent=False
+                f"cannot connect to {self._base}: {err.os_error}",
+                sent=False,
+                reason=_connect_reason(err.os_error),
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as err:
             if attempt.reused and _dead_before_answer(err):
@@ -174,7 +180,9 @@ class Client:
                     sent=False,
                     stale=True,
                 ) from None
-            raise TransportError(f"connection failed: {_name(err)}", sent=True) from None
+            raise TransportError(
+                f"connection failed: {_name(err)}", sent=True, reason="connection lost"
+            ) from None
         async with response:
             status = response.status
             if status != 200:
@@ -256,6 +264,12 @@ def _dead_before_answer(err: BaseException) -> bool:
     if isinstance(err, aiohttp.ClientOSError):
         return err.errno in _DEAD_SOCKET
     return False
+
+
+def _connect_reason(error: OSError) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    return f"cannot connect: {error.strerror or type(error).__name__}"
 
 
 def _redirect_message(response: aiohttp.ClientResponse) -> str:
