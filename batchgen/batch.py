@@ -54,9 +54,12 @@ async def run_batch(
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     images: EncodedImages | None = None,
+    to_run: int | None = None,
 ) -> BatchResult:
     """Run the jobs; the first SIGINT/SIGTERM stops dispatching and drains, a second
-    one aborts the requests in flight. Either way the ledger is flushed."""
+    one aborts the requests in flight. Either way the ledger is flushed. `to_run`, the
+    plan's count of jobs to run, lets an aborted run say how many it left without
+    reading the rest of the jobs."""
     run_id = uuid.uuid4().hex
     began = time.monotonic()
     async with (
@@ -78,6 +81,7 @@ async def run_batch(
             on_event=on_event,
             sleep=sleep,
             images=images,
+            to_run=to_run,
         )
         with _signals(runner, enabled=handle_signals):
             try:
@@ -88,6 +92,7 @@ async def run_batch(
                     raise
                 runner.totals.stopped = "aborted by a second signal; requests in flight were cut"
                 await runner.drain()  # what was answered is still written and counted
+                runner.settle()
         totals = runner.totals
         end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": totals.stopped}
         try:
@@ -117,6 +122,7 @@ def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
             "max_cost": options.max_cost,
             "max_attempts": options.max_attempts,
             "retry_failed": options.retry_failed,
+            "outage_limit": options.outage_limit,
             "timeout": config.timeout,
             "shard": config.shard,
         },

@@ -105,6 +105,14 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--timeout", type=positive, default=retry.REQUEST_TIMEOUT_S, help="seconds/request"
     )
+    run.add_argument(
+        "--outage-limit",
+        type=non_negative,
+        default=retry.OUTAGE_LIMIT_S,
+        metavar="SECONDS",
+        help="while the service is unreachable the pool waits, probing it; stop (exit 3) "
+        f"after an outage this long (default {retry.OUTAGE_LIMIT_S:g})",
+    )
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     run.add_argument(

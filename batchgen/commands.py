@@ -234,6 +234,7 @@ def batch_config(args: argparse.Namespace, prepared: Prepared, base: str, key: s
         max_cost=getattr(args, "max_cost", None),
         max_attempts=getattr(args, "max_attempts", retry.MAX_ATTEMPTS),
         retry_failed=getattr(args, "retry_failed", False),
+        outage_limit=getattr(args, "outage_limit", retry.OUTAGE_LIMIT_S),
     )
     return BatchConfig(
         manifest=prepared.manifest,
@@ -263,7 +264,13 @@ async def run_with_progress(config: BatchConfig, prepared: Prepared, *, bar: boo
     """The run itself, with a bar on a terminal (log lines otherwise)."""
     progress = Progress(prepared.plan.to_run, bar=bar and sys.stderr.isatty())
     try:
-        return await run_batch(config, prepared.jobs(), prepared.state, on_event=progress)
+        return await run_batch(
+            config,
+            prepared.jobs(),
+            prepared.state,
+            on_event=progress,
+            to_run=prepared.plan.to_run,
+        )
     finally:
         progress.close()
 

@@ -198,7 +198,7 @@ def render_run(result: BatchResult, *, out: Path, ledger_path: Path, resume: str
         totals.requests,
         totals.possibly_billed,
         totals.remaining_credits,
-        why="502/504, timeouts",
+        why="502/504, timeouts, cut requests",
     )
     lines += [f"  {line}" for line in money]
     lines.append(f"  images      {out}/")

@@ -164,6 +164,7 @@ async def run_against(
     sleep: FakeSleep | None = None,
     rpm: float | None = None,
     request_timeout: float = 30.0,
+    handle_signals: bool = False,
     **options: Any,
 ) -> BatchResult:
     """A whole run, as `tests.runs.run` does it, against any api_base, with KEY."""
@@ -181,4 +182,6 @@ async def run_against(
     )
     kwargs: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
     state = ledger.load_state(paths)
-    return await run_batch(config, grid.expand(loaded), state, handle_signals=False, **kwargs)
+    return await run_batch(
+        config, grid.expand(loaded), state, handle_signals=handle_signals, **kwargs
+    )
