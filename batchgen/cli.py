@@ -5,7 +5,8 @@ Exit codes:
   1  the run finished but some jobs failed
   2  bad input or usage: nothing was sent
   3  the run stopped early and can be resumed (bad key, no credits, unknown model,
-     budget reached, interrupted), or did not start: another run holds its ledger
+     budget reached, the service unreachable past --outage-limit, interrupted), or did
+     not start: another run holds its ledger
 """
 
 from __future__ import annotations
