@@ -22,10 +22,14 @@ every wait ends at once when the run stops (`stop`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 
 from batchgen import retry
 from batchgen.pacing import Clock, Sleep, until
+from batchgen.plan import format_duration
+
+log = logging.getLogger("batchgen")
 
 
 class Breaker:
@@ -106,6 +110,7 @@ class Breaker:
                 return False
             self._open = True
             self.opened += 1
+            log.warning("the service looks unreachable (%s): the pool waits, probing it", reason)
             self._interval = self._first
             self._schedule(now)
         elif probe:
@@ -118,13 +123,16 @@ class Breaker:
 
     def answered(self, *, probe: bool) -> None:
         """The service answered (anything but an outage failure): it is reachable."""
+        if self._open:
+            log.warning(
+                "the service answers again, after %s", format_duration(self.unreachable_for())
+            )
+            self._open = False
+            self._wake()
         self._streak = 0
         self._since = None
         if probe:
             self._probing = False
-        if self._open:
-            self._open = False
-            self._wake()
 
     def release(self, *, probe: bool) -> None:
         """An admitted request that says nothing about the service (it was not sent,

@@ -11,6 +11,7 @@ import pytest
 from batchgen import retry
 from batchgen.breaker import Breaker
 from batchgen.errors import AnswerProblem, ApiError, ApiStatusError, BadAnswerError, TransportError
+from batchgen.plan import format_duration
 from tests.runs import FakeSleep
 
 
@@ -75,7 +76,9 @@ def test_it_opens_after_threshold_failures_in_a_row(events: str, opens_at: int |
     assert opened == opens_at and b.is_open is (opens_at is not None)
 
 
-async def test_probes_go_one_at_a_time_at_growing_jittered_intervals() -> None:
+async def test_probes_go_one_at_a_time_at_growing_jittered_intervals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     sleep = FakeSleep()
     b = breaker(sleep, threshold=1, limit=10_000)
     stop = asyncio.Event()
@@ -93,6 +96,11 @@ async def test_probes_go_one_at_a_time_at_growing_jittered_intervals() -> None:
     assert b.probes == 9 and not b.given_up
     b.answered(probe=True)
     assert not b.is_open and await b.admit(stop) is False
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "the service looks unreachable (connection refused): the pool waits, probing it",
+        f"the service answers again, after {format_duration(sleep.now)}",
+    ]
 
 
 async def test_the_pool_waits_for_the_one_probe() -> None:

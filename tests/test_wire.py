@@ -521,13 +521,16 @@ async def test_a_signal_ends_a_long_429_pause_at_once(tmp_path: Path, rpm: float
 async def test_a_signal_ends_the_breakers_pause_at_once(tmp_path: Path) -> None:
     m = make_project(tmp_path, images=2, prompts=1, seeds=1)
     out = tmp_path / "out"
-    run = asyncio.create_task(run_against(closed_port(), m, out, handle_signals=True))
-    await asyncio.sleep(1.5)  # the breaker is open, waiting to probe
+    run = asyncio.create_task(
+        run_against(closed_port(), m, out, concurrency=2, handle_signals=True)
+    )
+    await asyncio.sleep(1.5)  # both refused at once: the breaker is open, waiting to probe
     os.kill(os.getpid(), signal.SIGTERM)
     began = time.monotonic()
     result = await asyncio.wait_for(run, timeout=10)
     assert time.monotonic() - began < 1.0
     assert result.totals.stopped == "interrupted by SIGTERM" and result.totals.not_run == 2
+    assert any(r.get("outage") for r in lines(out))  # it was the breaker's pause
 
 
 # -- 9. a free resend is the same attempt ---------------------------------------------
