@@ -13,7 +13,11 @@ Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its wind
   requests in flight, whose refusals come back at once and whose successes come
   back 11 s later, is measured as well as a token bucket), and the rate drops to
   0.7 W; one cut per round trip, since the answers to requests sent before a cut
-  say nothing new;
+  say nothing new. In the run's first second that window holds a request or two
+  and measures nothing (one 429 as the very first answer read as "nothing gets
+  through" and cut to 3 a minute): W is then at least the slow-start rate the
+  request was sent at, K half a second and the in-flight ceiling left unset, so an
+  early 429 is a brief slow-down and a real limit is measured a round trip later;
 - on every other answer: rate(t) = W (1 + 0.3 ((t - K) / K)^3), t the seconds
   since the cut: a climb back to W that flattens out near it, then a probe above.
   Unlike TCP and the SDKs, K is counted in requests (K = 40 / W s, within 1..10 s), so a
@@ -126,7 +130,8 @@ class CubicRate:
             self._ceiling += self.CEILING_GROWTH / self._ceiling
             phase = (now - self._last_cut - self._k) / self._k
             cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
-            window = max(1.0, self._round_trip)
+            # over a round trip (at least a second), or the run so far when shorter
+            window = max(min(max(1.0, self._round_trip), now - self._started), self.RAMP_EVERY_S)
             arriving = _count_since(self._answers, now - window) / window
             self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
 
@@ -142,12 +147,27 @@ class CubicRate:
         refused = sum(1 for when in self._refused if when >= since)  # 429s come back unordered
         let_through = _count_since(self._sends, since) - refused
         accepted = max(let_through / window, self.MIN_RATE)
+        early = window < 1.0  # the run's first second: a request or two to measure by
+        if early:
+            # Too few sends to say anything (one 429 as the very first answer would
+            # measure ~0 and drop the rate to MIN_RATE): W is at least the slow-start
+            # rate it was sent at, and the climb back to it takes half a second, a brief
+            # slow-down. A real limit is measured by the next cut, a round trip on.
+            accepted = max(accepted, min(self.rate, self._slow_start_rate(sent - self._started)))
         self._w_max = accepted
-        self._k = min(self.K_MAX_S, max(self.K_MIN_S, self.PROBE_REQUESTS / accepted))
+        self._k = (
+            self.SLOW_START_DOUBLING_S
+            if early
+            else min(self.K_MAX_S, max(self.K_MIN_S, self.PROBE_REQUESTS / accepted))
+        )
         self._last_cut = now
         self.throttled = True
         self._set(accepted * self.BETA)
-        self._ceiling = max(1.0, float(self._in_flight))
+        if not early:  # in-flight at a cut says nothing either, that early
+            self._ceiling = max(1.0, float(self._in_flight))
+
+    def _slow_start_rate(self, elapsed: float) -> float:
+        return self.START_RATE * 2 ** min(max(elapsed, 0.0) / self.SLOW_START_DOUBLING_S, 30)
 
     def _set(self, rate: float) -> None:
         self.rate = max(self.MIN_RATE, rate)

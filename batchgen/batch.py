@@ -55,9 +55,12 @@ async def run_batch(
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
     images: EncodedImages | None = None,
+    to_run: int | None = None,
 ) -> BatchResult:
     """Run the jobs; the first SIGINT/SIGTERM stops dispatching and drains, a second
-    one aborts the requests in flight. Either way the ledger is flushed."""
+    one aborts the requests in flight. Either way the ledger is flushed. `to_run`, the
+    plan's count of jobs to run, lets an aborted run say how many it left without
+    reading the rest of the jobs."""
     run_id = uuid.uuid4().hex
     began = time.monotonic()
     async with (
@@ -67,10 +70,11 @@ async def run_batch(
         if config.ledger_path in state.cut:  # the last run was killed: its temp files stay
             await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
+        client = Client(session, api_base=config.api_base, api_key=config.api_key)
         runner = Runner(
             model=config.manifest.model,
             price=config.manifest.price,
-            client=Client(session, api_base=config.api_base, api_key=config.api_key),
+            client=client,
             ledger=ledger,
             state=state,
             out=config.out,
@@ -79,6 +83,7 @@ async def run_batch(
             on_event=on_event,
             sleep=sleep,
             images=images,
+            to_run=to_run,
         )
         with _signals(runner, enabled=handle_signals):
             try:
@@ -91,6 +96,9 @@ async def run_batch(
                     StopReason.ABORTED, "aborted by a second signal; requests in flight were cut"
                 )
                 await runner.drain()  # what was answered is still written and counted
+                runner.settle()
+            finally:
+                await client.aclose()
         totals = runner.totals
         stopped = totals.stopped.message if totals.stopped else None
         end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": stopped}
@@ -121,6 +129,7 @@ def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
             "max_cost": options.max_cost,
             "max_attempts": options.max_attempts,
             "retry_failed": options.retry_failed,
+            "outage_limit": options.outage_limit,
             "timeout": config.timeout,
             "shard": config.shard,
         },

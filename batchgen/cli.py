@@ -5,7 +5,8 @@ Exit codes:
   1  the run finished but some jobs failed
   2  bad input or usage: nothing was sent
   3  the run stopped early and can be resumed (bad key, no credits, unknown model,
-     budget reached, interrupted), or did not start: another run holds its ledger
+     budget reached, the service unreachable past --outage-limit, interrupted), or did
+     not start: another run holds its ledger
 """
 
 from __future__ import annotations
@@ -136,6 +137,14 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--timeout", type=positive, default=retry.REQUEST_TIMEOUT_S, help="seconds/request"
+    )
+    run.add_argument(
+        "--outage-limit",
+        type=non_negative,
+        default=retry.OUTAGE_LIMIT_S,
+        metavar="SECONDS",
+        help="while the service is unreachable the pool waits, probing it; stop (exit 3) "
+        f"after an outage this long (default {retry.OUTAGE_LIMIT_S:g})",
     )
     run.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")

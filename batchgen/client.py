@@ -133,25 +133,44 @@ def make_session(
 class Client:
     def __init__(self, session: aiohttp.ClientSession, *, api_base: str, api_key: str) -> None:
         self._session = session
+        self._fresh: aiohttp.ClientSession | None = None  # no keep-alive: for resends
         self._base = api_base.rstrip("/")
         self._key = api_key
         self._headers = {"x-api-key": api_key, "Content-Type": "application/json"}
 
-    async def generate(self, model: str, body: bytes) -> Answer:
+    async def generate(self, model: str, body: bytes, *, fresh: bool = False) -> Answer:
         """POST one request. Raises ApiStatusError (BadAnswerError for a 200 that is not
-        a whole image) or TransportError; no message ever holds the key."""
+        a whole image) or TransportError; no message ever holds the key.
+
+        `fresh` sends it on a new connection: after a kept-alive connection was found
+        dead, the next one from the pool may be closing too (a server that drops every
+        idle connection), and a resend must not meet the same fate again and again."""
+        session = self._session
+        if fresh:
+            if self._fresh is None:
+                self._fresh = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(force_close=True),
+                    timeout=self._session.timeout,
+                    headers={"User-Agent": USER_AGENT},
+                )
+            session = self._fresh
         try:
-            return await self._generate(f"{self._base}/{model}", body)
+            return await self._generate(session, f"{self._base}/{model}", body)
         except ApiStatusError as err:
             if self._key and self._key in err.message:
                 err.message = err.message.replace(self._key, "[the API key]")
                 err.args = (f"HTTP {err.status}: {err.message}",)
             raise
 
-    async def _generate(self, url: str, body: bytes) -> Answer:
+    async def aclose(self) -> None:
+        """Close what the client opened of its own (the session is the caller's)."""
+        if self._fresh is not None:
+            await self._fresh.close()
+
+    async def _generate(self, session: aiohttp.ClientSession, url: str, body: bytes) -> Answer:
         attempt = _Attempt()
         try:
-            response = await self._session.post(
+            response = await session.post(
                 url,
                 data=body,
                 headers=self._headers,
@@ -159,12 +178,18 @@ class Client:
                 trace_request_ctx=attempt,
             )
         except aiohttp.ConnectionTimeoutError:
-            raise TransportError(f"cannot connect to {self._base}: timed out", sent=False) from None
+            raise TransportError(
+                f"cannot connect to {self._base}: timed out", sent=False, reason="connect timed out"
+            ) from None
         except TimeoutError:
-            raise TransportError("timed out waiting for the service", sent=True) from None
+            raise TransportError(
+                "timed out waiting for the service", sent=True, reason="timed out"
+            ) from None
         except aiohttp.ClientConnectorError as err:
             raise TransportError(
-                f"cannot connect to {self._base}: {err.os_error}", sent=False
+                f"cannot connect to {self._base}: {err.os_error}",
+                sent=False,
+                reason=_connect_reason(err.os_error),
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as err:
             if attempt.reused and _dead_before_answer(err):
@@ -174,7 +199,9 @@ class Client:
                     sent=False,
                     stale=True,
                 ) from None
-            raise TransportError(f"connection failed: {_name(err)}", sent=True) from None
+            raise TransportError(
+                f"connection failed: {_name(err)}", sent=True, reason="connection lost"
+            ) from None
         async with response:
             status = response.status
             if status != 200:
@@ -256,6 +283,12 @@ def _dead_before_answer(err: BaseException) -> bool:
     if isinstance(err, aiohttp.ClientOSError):
         return err.errno in _DEAD_SOCKET
     return False
+
+
+def _connect_reason(error: OSError) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    return f"cannot connect: {error.strerror or type(error).__name__}"
 
 
 def _redirect_message(response: aiohttp.ClientResponse) -> str:

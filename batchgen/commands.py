@@ -62,6 +62,7 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
         "out": args.out, "ledger": args.ledger, "concurrency": args.concurrency,
         "rpm": args.rpm, "rpm_total": args.rpm_total, "max_cost": args.max_cost,
         "max_attempts": args.max_attempts, "timeout": args.timeout,
+        "outage_limit": args.outage_limit,
         "retry_failed": args.retry_failed, "shard": args.shard, "shard_count": args.shard_count,
         "wait_lock": args.wait_lock,
     }  # fmt: skip
@@ -145,6 +146,7 @@ RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("--max-cost", "max_cost", None),
     ("--max-attempts", "max_attempts", retry.MAX_ATTEMPTS),
     ("--timeout", "timeout", retry.REQUEST_TIMEOUT_S),
+    ("--outage-limit", "outage_limit", retry.OUTAGE_LIMIT_S),
     ("--wait-lock", "wait_lock", 0.0),
     ("--confirm-above", "confirm_above", CONFIRM_ABOVE_USD),
     ("--retry-failed", "retry_failed", False),

@@ -124,9 +124,12 @@ class TransportError(ApiError):
     the service; `stale` that it went out on a kept-alive connection the server had
     already given up on (closed before any byte of an answer): it was never processed."""
 
-    def __init__(self, message: str, *, sent: bool, stale: bool = False) -> None:
+    def __init__(
+        self, message: str, *, sent: bool, stale: bool = False, reason: str | None = None
+    ) -> None:
         self.sent = sent
         self.stale = stale
+        self.reason = reason or message  # in a few words: "connection refused", "timed out"
         super().__init__(message)
 
 

@@ -150,6 +150,7 @@ async def run_async(
     max_cost: float | None = None,
     max_attempts: int = retry.MAX_ATTEMPTS,
     timeout: float = retry.REQUEST_TIMEOUT_S,  # noqa: ASYNC109 (per request, not this call)
+    outage_limit: float = retry.OUTAGE_LIMIT_S,
     retry_failed: bool = False,
     ledger: str | os.PathLike[str] | None = None,
     shard: str | None = None,
@@ -197,7 +198,7 @@ async def run_async(
             ledger_path=ledger_path,
             api_base=base,
             api_key=key,
-            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed),
+            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed, outage_limit),
             rpm=_rate(rpm, rpm_total, owned),
             timeout=timeout,
             shard=str(owned) if owned else None,
@@ -207,7 +208,7 @@ async def run_async(
             seams["clock"] = clock
         batch = await run_batch(
             config, prepared.jobs(), prepared.state, on_event=emit,
-            handle_signals=handle_signals, **seams,
+            handle_signals=handle_signals, to_run=the_plan.to_run, **seams,
         )  # fmt: skip
     return RunResult.of(batch, the_plan, out_path, ledger_path)
 

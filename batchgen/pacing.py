@@ -8,6 +8,9 @@ that saw it. Two modes:
   429s continue and resets on an answer);
 - adaptive (no `--rpm`): a client-side rate that finds the limit (`adaptive.py`,
   CUBIC-style like the AWS SDKs' adaptive mode). A Retry-After still pauses the pool.
+
+Every wait here ends at once when the run stops (`wait_turn(stop)`): nothing more
+will be sent, so nothing is worth waiting for.
 """
 
 from __future__ import annotations
@@ -27,6 +30,26 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
 log = logging.getLogger("batchgen")
+
+
+async def until(wait: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Await `wait` unless `stop` is set first, then cancel it: True when it finished."""
+    if stop.is_set():
+        if asyncio.iscoroutine(wait):
+            wait.close()
+        return False
+    task = asyncio.ensure_future(wait)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        task.result()  # its exception, if it raised one
+        return True
+    return False
 
 
 class Pacer:
@@ -49,15 +72,30 @@ class Pacer:
         self._streak = 0
         self._noted = False  # a capped wait was logged since the last plain answer
 
-    async def wait_turn(self) -> None:
+    async def wait_turn(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait for this worker's turn to send. False, with no turn taken, when `stop`
+        is set first (a 429's pause, the rate's spacing: every wait ends at once)."""
         while (remaining := self._cool_until - self._clock()) > 0:
-            await self._sleep(remaining)
+            if not await self._pause(self._sleep(remaining), stop):
+                return False
         if self._limiter is not None:
-            await self._limiter.acquire()
+            if stop is None or self._limiter.has_capacity():
+                await self._limiter.acquire()  # does not wait: no task needed
+            elif not await until(self._limiter.acquire(), stop):
+                return False
         elif self.adaptive is not None:
             while (delay := self.adaptive.delay()) > 0:
-                await self._sleep(delay)
+                if not await self._pause(self._sleep(delay), stop):
+                    return False
             self.adaptive.take()  # no await since delay() said 0: the slot is ours
+        return True
+
+    @staticmethod
+    async def _pause(wait: Awaitable[None], stop: asyncio.Event | None) -> bool:
+        if stop is None:
+            await wait
+            return True
+        return await until(wait, stop)
 
     def release_turn(self) -> None:
         """The turn `wait_turn` gave was not used (the run is stopping, or the budget

@@ -30,6 +30,10 @@ MAX_SERVER_WAIT_S: Final = 60.0  # the longest single wait a Retry-After or rese
 MAX_RESPONSE_BYTES: Final = 50 * 1024 * 1024  # a 1024x1024 image is ~1 MB; read no further
 MAX_STALE_RESENDS: Final = 3  # free resends per job after a dead kept-alive connection
 CLOCK_SKEW_S: Final = 2.0  # an answer's Date (whole seconds) further off: trust its clock
+BREAKER_FAILURES: Final = 5  # outage failures in a row (at most --concurrency) open the breaker
+BREAKER_PROBE_FIRST_S: Final = 1.0  # then one probe after this, doubling while it fails ...
+BREAKER_PROBE_CAP_S: Final = 30.0  # ... up to this (each jittered to 50..100%)
+OUTAGE_LIMIT_S: Final = 600.0  # --outage-limit: an outage this long stops the run
 
 
 class Verdict(enum.Enum):
@@ -47,6 +51,8 @@ _STOP_RUN: Final = frozenset({401, 403, 404, 406})
 _RETRY: Final = frozenset({500, 502, 503, 504})
 # A 502/504 may be answered after the work was done and billed (no idempotency key).
 POSSIBLY_BILLED: Final = frozenset({502, 504})
+# What a gateway says when the service behind it is down; a 500 is the service itself.
+_OUTAGE: Final = frozenset({502, 503, 504})
 
 
 _FOR_PROBLEM: Final = {
@@ -78,6 +84,23 @@ def verdict(error: ApiError) -> Verdict:
     if isinstance(error, TransportError) and error.stale:
         return Verdict.RESEND
     return classify(error.status)
+
+
+def is_outage(error: ApiError) -> bool:
+    """The service looks unreachable, not broken: no answer at all (cannot connect, the
+    connection lost, timed out) or a gateway's 502/503/504. The circuit breaker's
+    business (`breaker.py`); a 500, answered by the service itself, is the retry budget's.
+    A dead kept-alive connection (resent for free) says nothing about the service."""
+    if isinstance(error, TransportError):
+        return not error.stale
+    return error.problem is None and error.status in _OUTAGE
+
+
+def outage_reason(error: ApiError) -> str:
+    """An outage failure in a few words, for the message that ends a long outage."""
+    if isinstance(error, TransportError):
+        return error.reason
+    return f"HTTP {error.status}"
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

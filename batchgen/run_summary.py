@@ -34,7 +34,7 @@ def render(result: RunResult, *, resume: str | None, retry: str | None = None) -
         result.requests,
         result.possibly_billed,
         result.remaining_credits,
-        why="502/504, timeouts",
+        why="502/504, timeouts, cut requests",
     )
     lines += [f"  {line}" for line in money]
     lines.append(f"  images      {result.out}/")

@@ -2,10 +2,12 @@
 
 One producer walks the jobs (skipping what the ledger says is done) into a
 bounded queue, so memory stays flat however many jobs there are; N workers
-take jobs off it, wait their turn with the shared `Pacer`, and record every
-step in the ledger. A run-stopping answer (bad key, unknown model, no credits),
-the budget, the retry budget, a failed write or a signal sets one flag: nothing
-new is sent, in-flight requests finish and are recorded.
+take jobs off it, wait their turn with the shared `Breaker` (an outage pauses
+the whole pool) and `Pacer` (the rate limit), and record every step in the ledger.
+A run-stopping answer (bad key, unknown model, no credits), the budget, the retry
+budget, an outage past --outage-limit, a failed write or a signal sets one flag:
+nothing new is sent, every wait ends at once, in-flight requests finish and are
+recorded. A second signal cuts them: each is recorded `interrupted`, possibly billed.
 
 Money invariant: a worker sends its next request only once its previous answer is
 durable (the image in place and its line fsync'd), so at any instant at most
@@ -27,13 +29,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from batchgen import api, events, metadata, outputs, retry, stops
+from batchgen.breaker import Breaker
 from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
 from batchgen.ledger import unwritten as ledger_unwritten
-from batchgen.pacing import Pacer, RetryBudget, Sleep
+from batchgen.pacing import Pacer, RetryBudget, Sleep, until
+from batchgen.planning import format_duration
 from batchgen.stops import Stop, StopReason
 
 
@@ -43,6 +47,7 @@ class RunOptions:
     max_cost: float | None = None
     max_attempts: int = retry.MAX_ATTEMPTS
     retry_failed: bool = False
+    outage_limit: float = retry.OUTAGE_LIMIT_S
 
 
 @dataclass
@@ -51,7 +56,7 @@ class RunTotals:
     failed: int = 0
     skipped_done: int = 0
     skipped_failed: int = 0
-    not_run: int = 0  # left for the next run when this one stopped early
+    not_run: int = 0  # left for the next run when this one stopped early (set at the end)
     unwritten: int = 0  # paid for, but the image could not be written
     spent: float = 0.0
     possibly_billed: float = 0.0
@@ -79,6 +84,7 @@ class Runner:
         on_event: events.Listener = events.ignore,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        to_run: int | None = None,
     ) -> None:
         self.model, self.price, self.client, self.ledger = model, price, client, ledger
         self.state, self.out, self.options, self.pacer = state, out, options, pacer
@@ -91,6 +97,17 @@ class Runner:
         where = PurePosixPath(os.path.relpath(out, ledger.path.parent)).as_posix()
         self._out_from_ledger = "" if where == "." else where + "/"  # outputs, as the ledger says
         self._stop = asyncio.Event()
+        self.breaker = Breaker(
+            threshold=min(options.concurrency, retry.BREAKER_FAILURES),
+            outage_limit=options.outage_limit,
+            clock=pacer.now,
+            sleep=sleep,
+            rng=self.rng,
+        )
+        self._to_run = to_run  # as the plan counted them, when known
+        self._jobs: Any = iter(())
+        self._taken = 0  # jobs the producer found to run (queued, or not run: stopping)
+        self._exhausted = False  # the producer saw every job
 
     # -- control ----------------------------------------------------------------
 
@@ -107,35 +124,54 @@ class Runner:
         return self._stop.is_set()
 
     async def run(self, jobs: Any) -> RunTotals:
+        """Run the jobs. Cancelled (a second signal), it cuts the requests in flight;
+        then `drain` and `settle` still count what was done."""
+        self._jobs = iter(jobs)
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.options.concurrency)
         async with asyncio.TaskGroup() as group:
             for n in range(self.options.concurrency):
                 group.create_task(self._worker(queue), name=f"worker-{n}")
-            await self._produce(jobs, queue)
+            await self._produce(queue)
         await self.drain()
+        self.settle()
         return self.totals
 
-    async def _produce(self, jobs: Any, queue: asyncio.Queue[Job | None]) -> None:
-        try:
-            for job in jobs:
-                if self.state.is_done(job.job_id):
-                    self.totals.skipped_done += 1
-                elif not self.options.retry_failed and self.state.failed_for_good(job.job_id):
-                    self.totals.skipped_failed += 1
-                elif self.stopping:
-                    self.totals.not_run += 1
-                else:
-                    await queue.put(job)
-        finally:
-            for _ in range(self.options.concurrency):
-                await queue.put(None)
+    async def _produce(self, queue: asyncio.Queue[Job | None]) -> None:
+        for job in self._jobs:
+            if self.state.is_done(job.job_id):
+                self.totals.skipped_done += 1
+            elif not self.options.retry_failed and self.state.failed_for_good(job.job_id):
+                self.totals.skipped_failed += 1
+            else:
+                self._taken += 1
+                if not self.stopping:
+                    await queue.put(job)  # cancelled here, the task group cuts the workers
+        self._exhausted = True
+        for _ in range(self.options.concurrency):
+            await queue.put(None)
 
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
         while (job := await queue.get()) is not None:
-            if self.stopping:
-                self.totals.not_run += 1
-                continue
-            await self._run_job(job)
+            if not self.stopping:
+                await self._run_job(job)
+
+    def settle(self) -> None:
+        """Count the jobs this run did not finish: every one found to run, less those
+        that succeeded, failed or were paid and not written; after an abort, also the
+        jobs the producer never reached (the plan's count, else by reading on)."""
+        taken = self._taken
+        if not self._exhausted:
+            if self._to_run is not None:
+                taken = max(taken, self._to_run)
+            else:
+                for job in self._jobs:
+                    if not self.state.is_done(job.job_id) and (
+                        self.options.retry_failed or not self.state.failed_for_good(job.job_id)
+                    ):
+                        taken += 1
+                self._taken, self._exhausted = taken, True
+        totals = self.totals
+        totals.not_run = max(0, taken - totals.succeeded - totals.failed - totals.unwritten)
 
     # -- one job ----------------------------------------------------------------
 
@@ -148,8 +184,14 @@ class Runner:
             await self._fail(job, params, error, 0, "no", retryable=True)
             return
         attempt = throttled = resent = 0
+        resend = counted = False  # this send is a free resend; the job's first is counted
         while True:
-            await self.pacer.wait_turn()
+            probe = await self.breaker.admit(self._stop)  # an outage: one probe at a time
+            if probe is None:
+                return  # the run is stopping: not run
+            if not await self.pacer.wait_turn(self._stop):
+                self.breaker.release(probe=probe)
+                return
             if not self._within_budget():  # no await between this check and the reservation
                 self.request_stop(
                     StopReason.BUDGET,
@@ -157,28 +199,51 @@ class Runner:
                 )
             if self.stopping:
                 self.pacer.release_turn()
-                self.totals.not_run += 1
+                self.breaker.release(probe=probe)
                 return
             attempt += 1
-            if not self._note(
-                {"job_id": job.job_id, "status": "started", "attempt": attempt,
-                 "price": self.price, "params": params}
-            ):  # fmt: skip
+            started: dict[str, Any] = {"job_id": job.job_id, "status": "started",
+                                       "attempt": attempt}  # fmt: skip
+            if resend:
+                started["resend"] = True  # the same attempt, sent again: it never arrived
+            if probe:
+                started["probe"] = True  # the one request an open breaker lets through
+            if not self._note({**started, "price": self.price, "params": params}):
                 self.pacer.release_turn()  # no evidence of the request, so no request
-                self.totals.not_run += 1
+                self.breaker.release(probe=probe)
                 return
+            if not counted:  # once per job: resends, 429s and outages are not first attempts
+                counted = True
+                self.budget.first_attempt()
             self._reserved += self.price
-            outcome = await self._attempt(job, params, body, attempt)
+            outcome = await self._attempt(job, params, body, attempt, fresh=resend)
+            resend = False
             if outcome is None:
+                self.breaker.answered(probe=probe)
                 return
             error, billed, sent_at = outcome
             verdict, retry_after = retry.verdict(error), error.retry_after
+            if retry.is_outage(error):
+                if self.breaker.failed(retry.outage_reason(error), probe=probe):
+                    # the service is unreachable: the outage's failure, not the job's
+                    await self._retrying(job, error, billed, attempt, None, outage=True)
+                    attempt -= 1
+                    if self.breaker.given_up:
+                        await self._interrupted(job, params, error, billed)
+                        self.request_stop(StopReason.OUTAGE, self._outage_reason())
+                        return
+                    continue
+            elif verdict is retry.Verdict.RESEND:
+                self.breaker.release(probe=probe)
+            else:
+                self.breaker.answered(probe=probe)  # any answer: the service is reachable
             if verdict is retry.Verdict.RESEND and resent < retry.MAX_STALE_RESENDS:
                 # it went out on a connection the server had already closed: it never
                 # reached the service, so send it again now, at no attempt's cost
                 resent += 1
                 await self._retrying(job, error, billed, attempt, 0.0)
                 attempt -= 1
+                resend = True
                 continue
             if verdict is retry.Verdict.THROTTLED:
                 attempt -= 1  # a 429 is not the job's fault: it does not use up attempts
@@ -215,7 +280,11 @@ class Runner:
             self.pacer.note(error.wait_note)
             delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
             await self._retrying(job, error, billed, attempt, delay)
-            await self.sleep(delay)
+            await until(self.sleep(delay), self._stop)  # a stop ends the wait at once
+
+    def _outage_reason(self) -> str:
+        gone = format_duration(self.breaker.unreachable_for())
+        return f"the service was unreachable for {gone} ({self.breaker.reason}); stopping"
 
     def _within_budget(self) -> bool:
         cap = self.options.max_cost
@@ -225,18 +294,17 @@ class Runner:
         return committed + self.price <= cap + 1e-9
 
     async def _attempt(
-        self, job: Job, params: dict[str, Any], body: bytes, attempt: int
+        self, job: Job, params: dict[str, Any], body: bytes, attempt: int, *, fresh: bool
     ) -> tuple[ApiError, str, float] | None:
         """One request, its price already reserved. None when the job is finished; else
         the error, whether it was billed ('no', 'maybe' for a 502/504 or a timeout
-        after sending, or 'billed') and when it was sent."""
+        after sending, or 'billed') and when it was sent. `fresh`: on a new connection
+        (a resend after a kept-alive one turned out dead)."""
         try:
-            if attempt == 1:
-                self.budget.first_attempt()
             self.emit(events.JobStarted(job.job_id, attempt))
             self.totals.requests += 1
             sent_at = self.pacer.now()
-            answer = await self.client.generate(self.model, body)
+            answer = await self.client.generate(self.model, body, fresh=fresh)
         except ApiError as error:
             if not (isinstance(error, ApiStatusError) and error.status == 429):
                 self.pacer.answered()
@@ -246,6 +314,14 @@ class Runner:
             elif billed == "billed":
                 self.totals.spent += self.price
             return error, billed, sent_at
+        except asyncio.CancelledError:  # a second signal cut it: it may have been billed
+            self.totals.possibly_billed += self.price
+            self._note(
+                {"job_id": job.job_id, "status": "interrupted", "http_status": None,
+                 "error": "cut short: the run was aborted by a second signal",
+                 "billed": "maybe", "cost": self.price, "params": params}
+            )  # fmt: skip
+            raise
         finally:
             self._reserved -= self.price
         self.pacer.answered(sent_at)
@@ -328,14 +404,23 @@ class Runner:
         await self.ledger.drain()
 
     async def _retrying(
-        self, job: Job, error: ApiError, billed: str, attempt: int, delay: float | None
+        self,
+        job: Job,
+        error: ApiError,
+        billed: str,
+        attempt: int,
+        delay: float | None,
+        *,
+        outage: bool = False,
     ) -> None:
-        """Close the attempt in the ledger: what went wrong and whether it may have cost."""
+        """Close the attempt in the ledger: what went wrong and whether it may have cost.
+        `outage`: the breaker is open, so the attempt was not the job's (delay: the
+        breaker's)."""
         status, message = _describe_error(error)
-        self._note(
-            {"job_id": job.job_id, "status": "retry", "attempt": attempt, "http_status": status,
-             "error": message, "billed": billed, "cost": self._cost(billed), "delay": delay}
-        )  # fmt: skip
+        record = {"job_id": job.job_id, "status": "retry", "attempt": attempt,
+                  "http_status": status, "error": message, "billed": billed,
+                  "cost": self._cost(billed), "delay": delay}  # fmt: skip
+        self._note({**record, "outage": True} if outage else record)
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
 
@@ -370,6 +455,8 @@ class Runner:
         retryable: bool,
     ) -> None:
         status, message = _describe_error(error)
+        self.totals.failed += 1  # before the write: an abort while it waits still counts it
+        self.totals.failures[(status, message)] += 1
         await self._record(
             {
                 "job_id": job.job_id,
@@ -383,8 +470,6 @@ class Runner:
                 "params": params,
             }
         )
-        self.totals.failed += 1
-        self.totals.failures[(status, message)] += 1
         self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
 
     async def _interrupted(
@@ -396,7 +481,6 @@ class Runner:
             {"job_id": job.job_id, "status": "interrupted", "http_status": status,
              "error": message, "billed": billed, "cost": self._cost(billed), "params": params}
         )  # fmt: skip
-        self.totals.not_run += 1
 
 
 def _describe_error(error: ApiError) -> tuple[int | None, str]:

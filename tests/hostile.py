@@ -161,6 +161,7 @@ async def run_against(
     *,
     sleep: FakeSleep | None = None,
     request_timeout: float = 30.0,
+    handle_signals: bool = False,
     **options: Any,
 ) -> batchgen.RunResult:
     """A whole run through the library, as `tests.runs.run` makes it, against any
@@ -168,5 +169,6 @@ async def run_against(
     seams: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
     return await batchgen.run_async(
         manifest_path, out=out, api_base=api_base, api_key=KEY, timeout=request_timeout,
+        handle_signals=handle_signals,
         **options, **seams,
     )  # fmt: skip

@@ -8,15 +8,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from batchgen import api
+from batchgen import api, grid, ledger, manifest
 from batchgen.cli import main
-from batchgen.stops import StopReason
+from batchgen.client import Answer
+from batchgen.errors import ApiError, ApiStatusError, TransportError
+from batchgen.ledger import LedgerWriter
+from batchgen.pacing import Pacer, RetryBudget
+from batchgen.runner import Runner, RunOptions
+from batchgen.stops import Stop, StopReason
 from tests.helpers import image_bytes
 from tests.hostile import (
     JPEG,
@@ -392,3 +401,194 @@ def test_a_bad_api_base_is_a_usage_error(
     assert ("--api-base" if flag is not None else "SEGMIND_API_BASE") in message
     assert repr(flag if flag is not None else env) in message
     assert not out.exists()  # nothing planned, nothing written, nothing sent
+
+
+# -- 6. a first 429 without --rpm is a brief slow-down --------------------------------
+
+
+async def test_one_429_as_the_first_answer_costs_a_brief_slow_down(tmp_path: Path) -> None:
+    """Before, the adaptive rate measured its first 10 ms, saw nothing let through and
+    fell to 3 a minute: these 20 jobs took 58 s."""
+    m = make_project(tmp_path, images=5, prompts=2, seeds=2)  # 20 jobs
+    out = tmp_path / "out"
+
+    async def once(request: web.Request, seen: Seen) -> web.StreamResponse:
+        if seen.requests == 1:
+            return web.json_response({"error": "slow down"}, status=429)
+        await asyncio.sleep(0.01)
+        return web.Response(body=JPEG, content_type="image/jpeg")
+
+    began = time.monotonic()
+    async with web_server(once) as (api_base, seen):
+        result = await run_against(api_base, m, out)
+    took = time.monotonic() - began
+    assert (result.succeeded, result.throttled, seen.requests) == (20, 1, 21)
+    assert took < 3.0, f"20 jobs took {took:.1f} s after one 429"
+
+
+# -- 7. outages: the pool waits, probing; the retry budget is for a broken service ----
+
+
+def closed_port() -> str:
+    """An api_base on a loopback port nobody listens on: every connect is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_sustained_outage_stops_the_run_at_the_outage_limit(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=5, prompts=4, seeds=2)  # 40 jobs
+    out = tmp_path / "out"
+    sleep = FakeSleep()
+    result = await run_against(closed_port(), m, out, sleep=sleep, concurrency=4,
+                               outage_limit=60.0)  # fmt: skip
+    totals = result
+    assert totals.stopped == Stop(
+        StopReason.OUTAGE, "the service was unreachable for 1m 00s (connection refused); stopping"
+    )
+    assert (totals.succeeded, totals.failed, totals.not_run) == (0, 0, 40)
+    assert totals.possibly_billed == 0 and totals.spent == 0  # it never reached the service
+    # the failures that opened the breaker, then one probe at 1, 2, 4 ... s (jittered)
+    assert totals.requests <= 4 + 10, totals.requests
+    records = lines(out)
+    probes = [r for r in records if r["status"] == "started" and r.get("probe")]
+    assert 5 <= len(probes) <= 10
+    assert not [r for r in records if r["status"] == "failed"]  # not the jobs' fault
+    assert [r["status"] for r in records].count("interrupted") == 1  # the last probe's job
+
+
+def test_the_cli_gives_up_after_outage_limit_with_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=1)
+    monkeypatch.setenv("SEGMIND_API_KEY", KEY)
+    argv = ["run", str(m), "--out", str(tmp_path / "out"), "--api-base", closed_port(),
+            "--no-progress", "--outage-limit", "1.5"]  # fmt: skip
+    began = time.monotonic()
+    assert main(argv) == 3
+    assert time.monotonic() - began < 10
+    printed = capsys.readouterr().out
+    assert "the service was unreachable for 2s (connection refused); stopping" in printed
+    assert "not run     2" in printed
+
+
+async def test_a_service_answering_500_to_everything_is_stopped_by_the_retry_budget(
+    tmp_path: Path,
+) -> None:
+    """Reachable and broken, answering at once: not an outage (the breaker would close
+    on the first probe); the retry budget stops the run within a few requests."""
+    m = make_project(tmp_path, images=5, prompts=10, seeds=10)  # 500 jobs
+    out = tmp_path / "out"
+
+    async def broken(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.json_response({"error": "internal error"}, status=500)
+
+    async with web_server(broken) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep())
+    assert result.stopped is not None and result.stopped.reason is StopReason.RETRY_BUDGET
+    assert seen.requests <= 20, seen.requests  # 20 before the breaker too
+    assert result.not_run == 500 and result.failed == 0
+
+
+# -- 8. a stop ends every wait at once ------------------------------------------------
+
+
+@pytest.mark.parametrize("rpm", [None, 600.0], ids=["adaptive", "fixed"])
+async def test_a_signal_ends_a_long_429_pause_at_once(tmp_path: Path, rpm: float | None) -> None:
+    m = make_project(tmp_path, images=4, prompts=2, seeds=1)  # 8 jobs
+    out = tmp_path / "out"
+
+    asked = asyncio.Event()
+
+    async def limited(request: web.Request, seen: Seen) -> web.StreamResponse:
+        asked.set()
+        return web.json_response({"error": "slow"}, status=429, headers={"Retry-After": "60"})
+
+    async with web_server(limited) as (api_base, seen):
+        run = asyncio.create_task(
+            run_against(api_base, m, out, rpm=rpm, concurrency=2, handle_signals=True)
+        )
+        await asked.wait()
+        await asyncio.sleep(0.4)  # everyone is in the 60 s pause now
+        before = seen.requests
+        os.kill(os.getpid(), signal.SIGTERM)
+        began = time.monotonic()
+        result = await asyncio.wait_for(run, timeout=10)
+        took = time.monotonic() - began
+    assert took < 1.0, f"the run took {took:.1f} s to stop"
+    assert result.stopped == Stop(StopReason.SIGNAL, "interrupted by SIGTERM")
+    assert seen.requests == before and result.not_run == 8
+
+
+async def test_a_signal_ends_the_breakers_pause_at_once(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    run = asyncio.create_task(
+        run_against(closed_port(), m, out, concurrency=2, handle_signals=True)
+    )
+    await asyncio.sleep(1.5)  # both refused at once: the breaker is open, waiting to probe
+    os.kill(os.getpid(), signal.SIGTERM)
+    began = time.monotonic()
+    result = await asyncio.wait_for(run, timeout=10)
+    assert time.monotonic() - began < 1.0
+    assert (
+        result.stopped == Stop(StopReason.SIGNAL, "interrupted by SIGTERM") and result.not_run == 2
+    )
+    assert any(r.get("outage") for r in lines(out))  # it was the breaker's pause
+
+
+# -- 9. a free resend is the same attempt ---------------------------------------------
+
+
+class CountingBudget(RetryBudget):
+    firsts = 0
+
+    def first_attempt(self) -> None:
+        self.firsts += 1
+        super().first_attempt()
+
+
+class Scripted:
+    """A client whose first answers are the given errors, then whole JPEGs."""
+
+    def __init__(self, *errors: ApiError) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def generate(self, model: str, body: bytes, *, fresh: bool = False) -> Answer:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return Answer(JPEG, "jpeg", {})
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        [TransportError("dead kept-alive connection", sent=False, stale=True)] * 2,
+        [ApiStatusError(429, "slow down")],
+    ],
+    ids=["resent", "throttled"],
+)
+async def test_a_resend_is_not_a_second_first_attempt(
+    tmp_path: Path, errors: list[ApiError]
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    loaded = manifest.load(m)
+    budget, client, sleep = CountingBudget(), Scripted(*errors), FakeSleep()
+    async with LedgerWriter(out / ledger.DEFAULT_NAME) as writer:
+        runner = Runner(model=loaded.model, price=PRICE, client=client,  # type: ignore[arg-type]
+                        ledger=writer, state=ledger.LedgerState(), out=out,
+                        options=RunOptions(concurrency=1),
+                        pacer=Pacer(6000, sleep=sleep, clock=sleep.clock),
+                        budget=budget, sleep=sleep)  # fmt: skip
+        totals = await runner.run(grid.expand(loaded))
+    assert totals.succeeded == 1 and client.calls == len(errors) + 1
+    assert budget.firsts == 1  # the budget saw one first attempt, not one per send
+    started = [r for r in lines(out) if r["status"] == "started"]
+    assert [r["attempt"] for r in started] == [1] * len(started)  # none of them used one up
+    if isinstance(errors[0], TransportError):
+        assert [r.get("resend", False) for r in started] == [False, True, True]
+    assert ledger.load_state([out / ledger.DEFAULT_NAME]).records  # the scanner reads it

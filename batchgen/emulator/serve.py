@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shlex
 import signal
 import sys
@@ -244,6 +245,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
+    """Serve until a signal; then, once requests in flight are done, print the final
+    /_stats as one JSON line (`{"final_stats": ...}`) on stdout."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -255,6 +258,8 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
                 print(f"export {name}={shlex.quote(value)}")
             print(flush=True)
             await stop.wait()
+        # requests in flight have finished: who paid for what, for whoever stopped it
+        print(json.dumps({"final_stats": emulator.stats.as_json()}), flush=True)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
