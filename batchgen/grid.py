@@ -138,7 +138,7 @@ def expand(manifest: Manifest, *, check_paths: bool = True) -> Iterator[Job]:
     `run` does).
 
     Memory does not grow with the jobs streamed: every axis holds distinct values
-    (manifest.py drops repeats), so a block never repeats a job, and only the jobs of
+    (`manifest.distinct` drops repeats), so a block never repeats a job, and only the jobs of
     the blocks after the first (explicit `jobs:` entries, few) are remembered, to drop
     any the grid or an earlier entry already gave. The path check alone keeps one int
     per job (about 70 bytes); `run` does it in its validating pass only.
