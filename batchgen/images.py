@@ -1,6 +1,8 @@
 """An input image as a value: read and identified once, shown by its name, sent as base64.
 
     inspect_file   a file -> LocalImage (JPEG, PNG or WebP by its bytes, at most 10 MB)
+    recorded       an image_file value as a ledger line or `plan --list` records it
+    source         how any form of an image_file value is shown: a path or a URL
     EncodedImages  base64 of local images, each read and encoded once, an LRU bounded by bytes
 
 A local image is identified by the digest of its bytes, never by its path, so
@@ -54,6 +56,25 @@ def inspect_file(path: Path, name: str) -> LocalImage:
     if kind is None:
         raise ValueError(f"{name!r} is not a JPEG, PNG or WebP image (by its bytes)")
     return LocalImage(path, name, hashlib.sha256(data).hexdigest(), len(data), kind)
+
+
+def recorded(image: ImageRef) -> dict[str, str] | str:
+    """An image_file as a ledger records it: a local image by the path the manifest
+    named and the digest of its bytes (never the bytes), a URL as is."""
+    if isinstance(image, LocalImage):
+        return {"path": image.name, "sha256": image.sha256}
+    return image
+
+
+def source(image: object) -> str | None:
+    """How an image_file value is shown, whatever form it takes: a LocalImage or its
+    `recorded` form (a ledger's `{"path", "sha256"}`) by its path, a URL as is; None
+    when there is none."""
+    if isinstance(image, LocalImage):
+        return image.name
+    if isinstance(image, dict):
+        image = image.get("path")
+    return None if image is None else str(image)
 
 
 class EncodedImages:
