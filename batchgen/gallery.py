@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageOps
 
-from batchgen import api, grid, ledger, outputs, summaries
+from batchgen import api, grid, images, ledger, outputs, summaries
 from batchgen.errors import failure_text
 from batchgen.manifest import MAX_SEED_COUNT
 
@@ -100,9 +100,9 @@ def collect(paths: Iterable[Path]) -> tuple[dict[str, Cell], list[Path]]:
 def source_of(params: dict[str, Any]) -> tuple[str, str | None]:
     """(the source image as the manifest named it, or its URL; its sha256 when local)."""
     image = params.get(_ROW_KEY)
-    if isinstance(image, dict):
-        return str(image.get("path", "unknown image")), image.get("sha256")
-    return ("unknown image" if image is None else str(image)), None
+    name = images.source(image)
+    digest = image.get("sha256") if isinstance(image, dict) else None
+    return ("unknown image" if name is None else name), digest
 
 
 def write_gallery(

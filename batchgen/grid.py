@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from batchgen import api, outputs
+from batchgen import api, images, outputs
 from batchgen.errors import InputError, Problem
-from batchgen.images import LocalImage
 from batchgen.manifest import Block, Manifest
 
 ID_HEX_CHARS: Final = 32
@@ -40,16 +39,15 @@ def canonical(value: Any) -> str:
 
 def describe(params: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-able parameters: a local image by its path and digest, never its bytes."""
-    image = params.get("image_file")
-    if isinstance(image, LocalImage):
-        return {**params, "image_file": {"path": image.name, "sha256": image.sha256}}
-    return dict(params)
+    if "image_file" not in params:
+        return dict(params)
+    return {**params, "image_file": images.recorded(params["image_file"])}
 
 
 def _identity(model: str, params: Mapping[str, Any]) -> str:
     image = params.get("image_file")
     request = dict(params)
-    if isinstance(image, LocalImage):
+    if isinstance(image, images.LocalImage):
         request["image_file"] = {"sha256": image.sha256}
     return canonical({"model": model, "request": request})
 
@@ -84,7 +82,7 @@ def _template_fields(template: str) -> frozenset[str]:
 
 
 def _image_stem(image: Any) -> str:
-    if isinstance(image, LocalImage):
+    if isinstance(image, images.LocalImage):
         return image.stem
     path = urlsplit(str(image)).path.rstrip("/")
     stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
@@ -138,7 +136,7 @@ def expand(manifest: Manifest, *, check_paths: bool = True) -> Iterator[Job]:
     `run` does).
 
     Memory does not grow with the jobs streamed: every axis holds distinct values
-    (manifest.py drops repeats), so a block never repeats a job, and only the jobs of
+    (`manifest.distinct` drops repeats), so a block never repeats a job, and only the jobs of
     the blocks after the first (explicit `jobs:` entries, few) are remembered, to drop
     any the grid or an earlier entry already gave. The path check alone keeps one int
     per job (about 70 bytes); `run` does it in its validating pass only.
@@ -187,8 +185,7 @@ def _bad_path(manifest: Manifest, job: Job, rule: str) -> InputError:
 
 
 def _label(job: Job) -> str:
-    image = job.params.get("image_file")
-    name = image.name if isinstance(image, LocalImage) else image
+    name = images.source(job.params.get("image_file"))
     params = job.params
     return (
         f"job {job.job_id[:8]}: {name}, prompt {params.get('prompt')!r}, seed {params.get('seed')}"

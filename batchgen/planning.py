@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from batchgen import api
 from batchgen.grid import Job
-from batchgen.images import Skipped
+from batchgen.manifest import Skipped
 from batchgen.shard import shard_of
 
 # What the ledgers say of a job: never seen; succeeded and its image intact; succeeded but

@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from batchgen import ledger
+from batchgen import images, ledger
 from batchgen.errors import failure_text
 
 
@@ -109,10 +109,9 @@ def _finish(summary: Summary, jobs: dict[str, _Job]) -> None:
             summary.failed += 1
             reason = failure_text(job.http_status, str(job.error))
             failures[reason] += 1
-            image = job.params.get("image_file")
             summary.failed_jobs.append(
                 {"job_id": job_id, "error": reason, "retryable": job.retryable,
-                 "image": image.get("path") if isinstance(image, dict) else image,
+                 "image": images.source(job.params.get("image_file")),
                  "prompt": job.params.get("prompt"), "seed": job.params.get("seed")}
             )  # fmt: skip
         elif job.status == "unwritten":

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import grid, manifest, yamlfile
+from batchgen import grid, manifest
 from batchgen.cli import main
 from batchgen.errors import InputError
+from batchgen.manifest import yaml_lines
 from tests.helpers import image_bytes, make_image, write
 
 
@@ -262,11 +263,11 @@ def test_an_alias_bomb_is_refused_at_once(folder: Path, capsys: pytest.CaptureFi
 
 def test_aliases_below_the_bound_and_self_reference(folder: Path) -> None:
     fine = billion_laughs(levels=5)  # 9**5 strings: well under a million nodes
-    assert yamlfile.load(fine)[0]["e"][0][0][0][0][0] == "lol"
-    with pytest.raises(yamlfile.YamlProblem, match="aliases expand too far"):
-        yamlfile.load(billion_laughs(levels=7))  # 9**7: past the bound
-    with pytest.raises(yamlfile.YamlProblem, match="refers to itself"):
-        yamlfile.load("a: &a [1, *a]\n")
+    assert yaml_lines.load(fine)[0]["e"][0][0][0][0][0] == "lol"
+    with pytest.raises(yaml_lines.YamlProblem, match="aliases expand too far"):
+        yaml_lines.load(billion_laughs(levels=7))  # 9**7: past the bound
+    with pytest.raises(yaml_lines.YamlProblem, match="refers to itself"):
+        yaml_lines.load("a: &a [1, *a]\n")
 
 
 def test_merge_keys_own_keys_win(folder: Path) -> None:
@@ -288,7 +289,9 @@ def test_merge_keys_own_keys_win(folder: Path) -> None:
         ("ANIME", 101),  # the explicit job merges base after params
     ]
     # several merged mappings: the first listed wins among them, own keys over all
-    data, lines = yamlfile.load("a: &a {x: 1}\nb: &b {x: 2, y: 3}\nc: {<<: [*a, *b], z: 4, y: 5}\n")
+    data, lines = yaml_lines.load(
+        "a: &a {x: 1}\nb: &b {x: 2, y: 3}\nc: {<<: [*a, *b], z: 4, y: 5}\n"
+    )
     assert data["c"] == {"x": 1, "y": 5, "z": 4}
     assert lines[("c", "x")] == 1 and lines[("c", "y")] == 3
 

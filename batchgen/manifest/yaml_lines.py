@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import yaml
 
-Path_ = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]  # ("grid", "seed", 0): where a value stands in the document
 MAX_NODES: Final = 1_000_000  # the most nodes a document may hold once its aliases expand
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
@@ -26,7 +26,7 @@ class YamlProblem(ValueError):
         super().__init__(message)
 
 
-def load(text: str, *, shared: set[Path_] | None = None) -> tuple[Any, dict[Path_, int]]:
+def load(text: str, *, shared: set[KeyPath] | None = None) -> tuple[Any, dict[KeyPath, int]]:
     """Parse one YAML document -> (data, {key path: 1-based line}). With `shared`, also
     note there the top-level keys whose value is aliased elsewhere (`base: &base {...}`
     kept only to be merged): a manifest need not know such keys."""
@@ -36,7 +36,7 @@ def load(text: str, *, shared: set[Path_] | None = None) -> tuple[Any, dict[Path
         raise YamlProblem(1, f"invalid YAML: {err}") from None
     try:
         node = loader.get_single_node()
-        lines: dict[Path_, int] = {}
+        lines: dict[KeyPath, int] = {}
         if node is None:
             return None, lines
         refs = _references(node)
@@ -116,14 +116,14 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 class _Walker:
-    def __init__(self, loader: yaml.SafeLoader, lines: dict[Path_, int]) -> None:
+    def __init__(self, loader: yaml.SafeLoader, lines: dict[KeyPath, int]) -> None:
         self.loader = loader
         self.lines = lines
         # a mapping's own key nodes, noted before its merge keys are flattened away
         # (an aliased mapping is walked again, already flattened)
         self.own_keys: dict[int, set[int]] = {}
 
-    def walk(self, node: yaml.Node, path: Path_) -> Any:
+    def walk(self, node: yaml.Node, path: KeyPath) -> Any:
         lines = self.lines
         lines[path] = node.start_mark.line + 1
         if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
@@ -134,7 +134,7 @@ class _Walker:
             return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
         return self.loader.construct_object(node, deep=True)
 
-    def mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
+    def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
         own = self.own_keys.get(id(node))
         if own is None:
             own = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
