@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batchgen import api, events, metadata, outputs, retry, stops
+from batchgen import api, events, images, metadata, outputs, retry, stops
 from batchgen.breaker import Breaker
 from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
@@ -372,8 +372,7 @@ class Runner:
 
     def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
         """What the image file itself will remember (never the key)."""
-        image = params.get("image_file")
-        source = image.get("path") if isinstance(image, dict) else image
+        source = images.source(params.get("image_file"))
         seed = params.get("seed", answer.headers.get("x-seed-value"))
         return {**params, "seed": seed, "model": self.model, "job_id": job.job_id,
                 "source": source}  # fmt: skip
