@@ -20,14 +20,28 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import yarl
 
-from batchgen import api, events, grid, ledger, manifest, outputs, retry, runlock, shard, summaries
+from batchgen import (
+    api,
+    events,
+    grid,
+    ledger,
+    manifest,
+    outputs,
+    retry,
+    runlock,
+    settle,
+    shard,
+    summaries,
+)
+from batchgen import history as history_client
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
@@ -68,6 +82,8 @@ class RunResult:
     stopped: Stop | None = None  # why the run stopped early; None when it ran to the end
     seconds: float = 0.0
     run_id: str | None = None  # None when nothing ran (not confirmed)
+    settlement: settle.SettleReport | None = None  # what the request history settled first
+    held_back: int = 0  # jobs not sent: an earlier request of theirs may still be billed
 
     @classmethod
     def of(cls, batch: BatchResult, plan: Plan, out: Path, ledger_path: Path) -> RunResult:
@@ -155,6 +171,9 @@ async def run_async(
     shard: str | None = None,
     shard_count: int | None = None,
     wait_lock: float = 0.0,
+    reconcile: bool = True,
+    history_base: str | None = None,
+    history_lag: float = settle.HISTORY_LAG_S,
     on_event: events.Listener | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     handle_signals: bool = False,
@@ -172,6 +191,14 @@ async def run_async(
     aborts): only in the main thread, which is why it is off unless asked. `sleep` and
     `clock` are seams for tests and simulations.
 
+    Before anything is sent, every attempt the ledgers leave ambiguous (a 502/504 or a
+    timeout that may have been billed, a crash with requests in flight, a paid image not
+    written) is settled from the service's request history (`reconcile=False` skips it):
+    billed images are downloaded instead of paid again. The history is at `history_base`,
+    else $SEGMIND_HISTORY_BASE, else Segmind's (or, for a custom `api_base`, its root);
+    `history_lag` is how long a row may take to show. An unreachable history is one
+    warning, and the run goes on as without it.
+
     Raises InputError for bad input (nothing sent), LockedError when another run holds
     the ledger (nothing sent), LedgerError for a ledger that cannot be trusted."""
     emit = on_event or events.ignore
@@ -181,6 +208,13 @@ async def run_async(
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
     async with _locked(ledger_path, wait_lock, emit):  # before any state is read
+        settled: settle.SettleReport | None = None
+        if reconcile:
+            manifest = _load(manifest, out_path)
+            settled = await _settle_first(
+                manifest, owned, out_path, ledger_path, _path(ledger), key,
+                _history_base(history_base, base), history_lag, emit, sleep,
+            )  # fmt: skip
         prepared = _prepare(
             manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
             retry_failed=retry_failed, concurrency=concurrency, rpm=_rate(rpm, rpm_total, owned),
@@ -190,7 +224,7 @@ async def run_async(
         emit(events.RunPlanned(the_plan, _cut_in_flight(prepared)))
         if confirm is not None and not confirm(the_plan):
             stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
-            return RunResult(the_plan, out_path, ledger_path, stopped=stop)
+            return RunResult(the_plan, out_path, ledger_path, stopped=stop, settlement=settled)
         config = BatchConfig(
             manifest=prepared.manifest,
             out=out_path,
@@ -205,11 +239,13 @@ async def run_async(
         seams: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         if clock is not None:
             seams["clock"] = clock
+        held = settled.unknown_jobs if settled is not None else frozenset()
+        jobs = (job for job in prepared.jobs() if job.job_id not in held)
         batch = await run_batch(
-            config, prepared.jobs(), prepared.state, on_event=emit,
-            handle_signals=handle_signals, **seams,
-        )  # fmt: skip
-    return RunResult.of(batch, the_plan, out_path, ledger_path)
+            config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals, **seams
+        )
+    result = RunResult.of(batch, the_plan, out_path, ledger_path)
+    return replace(result, settlement=settled, held_back=len(held))
 
 
 P = ParamSpec("P")
@@ -237,6 +273,127 @@ run.__doc__ = """The same as `run_async`, for code that is not async: it runs it
 loop (in a thread of its own when one already runs here, as in a notebook), so it
 works from any thread. Returns the RunResult."""
 run.__name__ = run.__qualname__ = "run"
+
+
+# -- settlement ---------------------------------------------------------------------------
+
+SETTLE_POLL_S = 5.0  # between scans while some request is still pending or within the lag
+SETTLE_MAX_SCANS = 20
+SETTLE_MAX_WAIT_S = 60.0  # then what is still unknown is held back, for the next run
+
+
+async def reconcile_async(
+    out: str | os.PathLike[str],
+    *,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    history_base: str | None = None,
+    history_lag: float = settle.HISTORY_LAG_S,
+    manifest: ManifestSource | None = None,
+) -> settle.SettleReport:
+    """Settle every ambiguous attempt in the ledgers of `out` from the request history,
+    appending settlement lines (and downloading billed images) and rewriting nothing.
+    Each ledger it appends to is locked for the while; one another run holds is left
+    alone (`skipped_ledgers`). Output paths come from `manifest`, else from the
+    manifest each ledger's `run` line names (if still there, unchanged), else
+    `recovered/{job_id}.{ext}`. Never raises for the history: see `unavailable`."""
+    out_path = Path(out)
+    paths = ledger.ledgers_in(out_path)
+    if not paths:
+        raise InputError(f"{out_path}: no ledger there (looked for ledger*.jsonl)")
+    targets = None
+    if manifest is not None:
+        loaded = _load(manifest, out_path)
+        targets = settle.Targets()
+        for job in grid.expand(loaded, check_paths=False):
+            targets.add(job.job_id, out_path, job.output)
+    report = await settle.settle_out(
+        paths, api_key=_key(api_key), history_base=_history_base(history_base, _base(api_base)),
+        lag=history_lag, targets=targets,
+    )  # fmt: skip
+    if report.unavailable is not None:
+        log.warning("batchgen: %s; nothing settled", report.unavailable)
+    return report
+
+
+reconcile = _blocking(reconcile_async)
+reconcile.__doc__ = """`reconcile_async`, for code that is not async. Returns the SettleReport."""
+reconcile.__name__ = reconcile.__qualname__ = "reconcile"
+
+
+def _history_base(given: str | None, api_base: str) -> str:
+    """`given`, else $SEGMIND_HISTORY_BASE, else Segmind's; but for a custom API base
+    (an emulator, a proxy) without either, that base's root: the key goes nowhere new."""
+    if given or os.environ.get("SEGMIND_HISTORY_BASE"):
+        return history_client.history_base(given)
+    if api_base.rstrip("/") == api.API_BASE:
+        return history_client.HISTORY_BASE
+    return api_base.rstrip("/").removesuffix("/v1")
+
+
+async def _settle_first(
+    loaded: Manifest,
+    owned: shard.Shard | None,
+    out: Path,
+    ledger_path: Path,
+    ledger_file: Path | None,
+    key: str,
+    base: str,
+    lag: float,
+    emit: events.Listener,
+    sleep: Sleep | None,
+) -> settle.SettleReport:
+    """Settle what earlier runs left ambiguous, before the plan pass reads any state.
+    While some attempt is still pending or within the lag, scan again (every few
+    seconds, for about the lag); what is still unknown then is held back from sending."""
+    paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
+    wanted = _LazyTargets(loaded, owned, out)
+    pause = sleep or asyncio.sleep
+    began = time.time()
+    total: settle.SettleReport | None = None
+    for _ in range(SETTLE_MAX_SCANS):
+        report = await settle.settle_out(
+            paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted
+        )
+        total = report if total is None else _merged(total, report)
+        if report.unavailable is not None:
+            log.warning("batchgen: %s; going on without it (requests whose answers were "
+                        "lost may be paid again)", report.unavailable)  # fmt: skip
+            break
+        if not report.unknown or report.retry_at is None:
+            break
+        if report.retry_at - began > min(lag + 2 * SETTLE_POLL_S, SETTLE_MAX_WAIT_S):
+            break  # not decidable soon: held back from this run, settled by the next
+        await pause(max(0.2, min(SETTLE_POLL_S, report.retry_at - time.time())))
+    assert total is not None
+    emit(events.Settled(total))
+    return total
+
+
+def _merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleReport:
+    """Two scans as one: counts added, what is still unknown from the last."""
+    return replace(
+        b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
+        billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
+        recovered_jobs=a.recovered_jobs | b.recovered_jobs,
+        history_calls=a.history_calls + b.history_calls,
+    )  # fmt: skip
+
+
+class _LazyTargets(settle.Targets):
+    """Output paths from the manifest, expanded only once an image is to be placed."""
+
+    def __init__(self, loaded: Manifest, owned: shard.Shard | None, out: Path) -> None:
+        super().__init__()
+        self._source: tuple[Manifest, shard.Shard | None, Path] | None = (loaded, owned, out)
+
+    def place(self, job_id: str, ledger_path: Path, ext: str) -> tuple[str, str]:
+        if self._source is not None:
+            loaded, owned, out = self._source
+            self._source = None
+            for job in _shard_jobs(loaded, owned, check_paths=False):
+                self.add(job.job_id, out, job.output)
+        return super().place(job_id, ledger_path, ext)
 
 
 # -- the report -------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class Progress:
             case events.LockWaiting(message=message):
                 self._write(message)
                 return
+            case events.Settled(report=report):
+                if report.unavailable is None and (report.settled or report.unknown):
+                    self._write(report.line())  # an unavailable history was logged already
+                return
             case events.JobFinished(job_id=job_id, ok=ok, cost=cost):
                 self._waiting.discard(job_id)
                 if ok:
