@@ -98,13 +98,17 @@ round_strategy = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     jobs=st.integers(1, 3),
     rounds=st.lists(st.tuples(round_strategy, st.floats(0.0, 90.0)), min_size=1, max_size=4),
 )
 def test_settlement_never_pays_twice_never_drops_and_counts_right(
-    tmp_path_factory: Any, jobs: int, rounds: list[tuple[list[tuple[str, bool, bool, float]], float]]
+    tmp_path_factory: Any,
+    jobs: int,
+    rounds: list[tuple[list[tuple[str, bool, bool, float]], float]],
 ) -> None:
     path = tmp_path_factory.mktemp("sim") / "ledger.jsonl"
     book, service = Ledger(path), Service()
