@@ -30,12 +30,23 @@ from batchgen.events import (
     LockWaiting,
     RunPlanned,
     RunStopping,
+    Settled,
 )
 from batchgen.grid import Job
-from batchgen.library import RunResult, jobs, plan, report, run, run_async
+from batchgen.library import (
+    RunResult,
+    jobs,
+    plan,
+    reconcile,
+    reconcile_async,
+    report,
+    run,
+    run_async,
+)
 from batchgen.manifest import Manifest
 from batchgen.manifest import load as load_manifest
 from batchgen.planning import Plan
+from batchgen.settle import SettleReport, Verdict
 from batchgen.stops import Stop, StopReason
 from batchgen.summaries import Summary
 
@@ -62,14 +73,19 @@ __all__ = [
     "RunPlanned",
     "RunResult",
     "RunStopping",
+    "SettleReport",
+    "Settled",
     "Stop",
     "StopReason",
     "Summary",
     "TransportError",
+    "Verdict",
     "__version__",
     "jobs",
     "load_manifest",
     "plan",
+    "reconcile",
+    "reconcile_async",
     "report",
     "run",
     "run_async",

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from batchgen import __version__, api, commands, library, retry
+from batchgen import __version__, api, commands, library, retry, settle
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError, LockedError
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(subparsers)
     _add_run(subparsers)
     _add_report(subparsers)
+    _add_reconcile(subparsers)
     _add_demo(subparsers)
     _add_emulator(subparsers)
     _add_inspect(subparsers)
@@ -169,6 +170,28 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--rpm-total", type=positive, help="the key's rate limit, divided among the shards"
     )
+    run.add_argument(
+        "--no-reconcile",
+        action="store_true",
+        help="do not settle lost answers from the request history before sending",
+    )
+    _add_history_options(run)
+
+
+def _add_history_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history-base",
+        metavar="URL",
+        help="the request history (default $SEGMIND_HISTORY_BASE, else Segmind's, or the "
+        "root of a custom --api-base)",
+    )
+    parser.add_argument(
+        "--history-lag",
+        type=non_negative,
+        default=settle.HISTORY_LAG_S,
+        metavar="SECONDS",
+        help="how long a request may take to show in the history",
+    )
 
 
 def _add_shard_options(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +213,23 @@ def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     rep.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.set_defaults(handler=commands.cmd_report)
+
+
+def _add_reconcile(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rec = _command(
+        subparsers,
+        "reconcile",
+        "settle lost answers (502/504s, timeouts, crashes) from the service's request history",
+        description="Settle every request the ledgers of OUT leave ambiguous from the "
+        "service's request history: billed images are downloaded (not paid again), the "
+        "rest recorded as not billed. Appends to the ledgers; rewrites nothing.",
+    )
+    rec.add_argument("out", type=Path, help="the output folder of a run")
+    rec.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
+    rec.add_argument("--api-key-file", type=Path, help="read the key from this file")
+    rec.add_argument("--manifest", type=Path, help="for output paths (default: the run's own)")
+    _add_history_options(rec)
+    rec.set_defaults(handler=commands.cmd_reconcile)
 
 
 def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

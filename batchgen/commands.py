@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from batchgen import events, ledger, library, retry, run_summary, summaries
+from batchgen import events, ledger, library, retry, run_summary, settle, summaries
 from batchgen.errors import InputError
 from batchgen.grid import describe
 from batchgen.library import DEFAULT_CONCURRENCY, RunResult
@@ -64,7 +64,8 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
         "max_attempts": args.max_attempts, "timeout": args.timeout,
         "outage_limit": args.outage_limit,
         "retry_failed": args.retry_failed, "shard": args.shard, "shard_count": args.shard_count,
-        "wait_lock": args.wait_lock,
+        "wait_lock": args.wait_lock, "reconcile": not args.no_reconcile,
+        "history_base": args.history_base, "history_lag": args.history_lag,
     }  # fmt: skip
 
 
@@ -148,6 +149,9 @@ RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("--timeout", "timeout", retry.REQUEST_TIMEOUT_S),
     ("--outage-limit", "outage_limit", retry.OUTAGE_LIMIT_S),
     ("--wait-lock", "wait_lock", 0.0),
+    ("--history-base", "history_base", None),
+    ("--history-lag", "history_lag", settle.HISTORY_LAG_S),
+    ("--no-reconcile", "no_reconcile", False),
     ("--confirm-above", "confirm_above", CONFIRM_ABOVE_USD),
     ("--retry-failed", "retry_failed", False),
     ("--no-progress", "no_progress", False),
@@ -176,6 +180,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = library.report(*args.ledgers)
     print(json.dumps(summary.as_dict()) if args.json else summaries.render(summary))
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Settle, then print what was settled and the report's money afterwards."""
+    report = library.reconcile(
+        args.out, api_key=api_key_from_file(args), api_base=args.api_base,
+        history_base=args.history_base, history_lag=args.history_lag, manifest=args.manifest,
+    )  # fmt: skip
+    for skipped in report.skipped_ledgers:
+        print(f"batchgen: {skipped} is in use by another run; left alone", file=sys.stderr)
+    if report.unavailable is not None:
+        return EXIT_STOPPED  # the warning says why; nothing was appended
+    print(report.line())
+    summary = library.report(args.out)
+    print("\n".join(summaries.money_lines(
+        summary.spent, summary.requests, summary.possibly_billed, summary.remaining_credits,
+        why="still unsettled",
+    )))  # fmt: skip
+    return EXIT_STOPPED if report.unknown or report.skipped_ledgers else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from batchgen.planning import Plan
 from batchgen.stops import StopReason
+
+if TYPE_CHECKING:
+    from batchgen.settle import SettleReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +68,23 @@ class RunStopping:
     reason: StopReason
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Before anything is sent: what the request history settled of earlier attempts
+    (`report.unavailable` says why it could not, and the run goes on without it)."""
+
+    report: SettleReport
+
+
 Event = (
-    LockWaiting | RunPlanned | JobStarted | JobRetrying | JobThrottled | JobFinished | RunStopping
+    LockWaiting
+    | Settled
+    | RunPlanned
+    | JobStarted
+    | JobRetrying
+    | JobThrottled
+    | JobFinished
+    | RunStopping
 )
 Listener = Callable[[Event], None]
 

@@ -16,6 +16,11 @@ It is what makes a run resumable without paying twice. Every line carries
                `request_id`) but could not be written (full disk, read-only
                folder): the money is counted, the next run does the job again
 - `run_end`    a run ended (why, and its totals)
+- `settled`    an ambiguous attempt (`maybe`, or `started` with no outcome) settled
+               from the service's request history: `billed` (billed / no), `cost`,
+               `request_id`, and `settles` naming the attempt (`started` ts, `attempt`).
+               A `succeeded` line with `recovered: true` and `settles` is the image of
+               such an attempt, downloaded instead of paid again (batchgen/settle.py)
 
 Lines are written by one writer task that group-commits: many lines, one fsync.
 A commit starts as soon as the previous one is done, with whatever arrived
@@ -50,6 +55,7 @@ from batchgen.planning import Standing
 VERSION: Final = 1
 DEFAULT_NAME: Final = "ledger.jsonl"
 JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed", "interrupted", "unwritten"})
+SETTLED: Final = "settled"  # not a job status: it settles one attempt of the job
 
 
 def timestamp(now: float | None = None) -> str:
@@ -166,7 +172,7 @@ class LedgerState:
                 record = JobRecord("succeeded", found[1].decode(), folder, found[3].decode(),
                                    int(found[2]), manifest=self._manifest)  # fmt: skip
                 self._put(job, record)
-            elif status in JOB_STATUSES:
+            elif status in JOB_STATUSES or status == SETTLED:
                 self.add(_parse(path, number, line), folder, path)
             else:
                 _parse(path, number, line)  # still a whole, valid line?
@@ -187,6 +193,11 @@ class LedgerState:
                 self.cut.add(path)
         elif status == "run_end" and path is not None:
             self.cut.discard(path)
+        elif status == SETTLED and isinstance(job, str):
+            known = self.records.get(job)
+            if known is not None and known.status == "started":  # no longer in flight
+                self.records[job] = JobRecord(SETTLED)
+            return
         if status not in JOB_STATUSES or not isinstance(job, str):
             return
         if status == "succeeded":

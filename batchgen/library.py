@@ -20,14 +20,29 @@ import contextlib
 import functools
 import logging
 import os
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import yarl
 
-from batchgen import api, events, grid, ledger, manifest, outputs, retry, runlock, shard, summaries
+from batchgen import (
+    api,
+    events,
+    grid,
+    ledger,
+    manifest,
+    outputs,
+    retry,
+    runlock,
+    settle,
+    shard,
+    summaries,
+)
+from batchgen import history as history_client
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
@@ -68,16 +83,8 @@ class RunResult:
     stopped: Stop | None = None  # why the run stopped early; None when it ran to the end
     seconds: float = 0.0
     run_id: str | None = None  # None when nothing ran (not confirmed)
-
-    @classmethod
-    def of(cls, batch: BatchResult, plan: Plan, out: Path, ledger_path: Path) -> RunResult:
-        t = batch.totals
-        return cls(
-            plan, out, ledger_path, t.succeeded, t.failed, t.skipped_done, t.skipped_failed,
-            t.not_run, t.unwritten, round(t.spent, 6), round(t.possibly_billed, 6), t.requests,
-            t.throttled, dict(t.failures), t.remaining_credits, t.stopped, batch.seconds,
-            batch.run_id,
-        )  # fmt: skip
+    settlement: settle.SettleReport | None = None  # what the request history settled first
+    held_back: int = 0  # jobs not sent: an earlier request of theirs may still be billed
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,9 @@ async def run_async(
     shard: str | None = None,
     shard_count: int | None = None,
     wait_lock: float = 0.0,
+    reconcile: bool = True,
+    history_base: str | None = None,
+    history_lag: float = settle.HISTORY_LAG_S,
     on_event: events.Listener | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     handle_signals: bool = False,
@@ -173,6 +183,14 @@ async def run_async(
     aborts): only in the main thread, which is why it is off unless asked. `sleep` and
     `clock` are seams for tests and simulations.
 
+    Before anything is sent, every attempt the ledgers leave ambiguous (a 502/504 or a
+    timeout that may have been billed, a crash with requests in flight, a paid image not
+    written) is settled from the service's request history (`reconcile=False` skips it):
+    billed images are downloaded instead of paid again. The history is at `history_base`,
+    else $SEGMIND_HISTORY_BASE, else Segmind's (or, for a custom `api_base`, its root);
+    `history_lag` is how long a row may take to show. An unreachable history is one
+    warning, and the run goes on as without it.
+
     Raises InputError for bad input (nothing sent), LockedError when another run holds
     the ledger (nothing sent), LedgerError for a ledger that cannot be trusted."""
     emit = on_event or events.ignore
@@ -182,6 +200,13 @@ async def run_async(
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
     async with _locked(ledger_path, wait_lock, emit):  # before any state is read
+        settled: settle.SettleReport | None = None
+        if reconcile:
+            manifest = _load(manifest, out_path)
+            settled = await _settle_first(
+                manifest, owned, out_path, ledger_path, _path(ledger), key,
+                _history_base(history_base, base), history_lag, emit, sleep,
+            )  # fmt: skip
         prepared = _prepare(
             manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
             retry_failed=retry_failed, concurrency=concurrency, rpm=_rate(rpm, rpm_total, owned),
@@ -191,26 +216,98 @@ async def run_async(
         emit(events.RunPlanned(the_plan, _cut_in_flight(prepared)))
         if confirm is not None and not confirm(the_plan):
             stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
-            return RunResult(the_plan, out_path, ledger_path, stopped=stop)
-        config = BatchConfig(
-            manifest=prepared.manifest,
-            out=out_path,
-            ledger_path=ledger_path,
-            api_base=base,
-            api_key=key,
-            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed, outage_limit),
-            rpm=_rate(rpm, rpm_total, owned),
-            timeout=timeout,
-            shard=str(owned) if owned else None,
-        )
+            return RunResult(the_plan, out_path, ledger_path, stopped=stop, settlement=settled)
         seams: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         if clock is not None:
             seams["clock"] = clock
-        batch = await run_batch(
-            config, prepared.jobs(), prepared.state, on_event=emit,
-            handle_signals=handle_signals, to_run=the_plan.to_run, **seams,
-        )  # fmt: skip
-    return RunResult.of(batch, the_plan, out_path, ledger_path)
+        rate = _rate(rpm, rpm_total, owned)
+        defer = reconcile and (settled is None or settled.unavailable is None)
+        batches: list[BatchResult] = []
+        in_run: list[settle.SettleReport] = []
+        while True:
+            last_round = len(batches) + 1 >= SETTLE_ROUNDS
+            config = BatchConfig(
+                manifest=prepared.manifest,
+                out=out_path,
+                ledger_path=ledger_path,
+                api_base=base,
+                api_key=key,
+                options=RunOptions(concurrency, max_cost, max_attempts, retry_failed,
+                                   outage_limit, defer_ambiguous=defer and not last_round),
+                rpm=rate,
+                timeout=timeout,
+                shard=str(owned) if owned else None,
+            )  # fmt: skip
+            held = settled.unknown_jobs if settled is not None else frozenset()
+            jobs = (job for job in prepared.jobs() if job.job_id not in held)
+            batch = await run_batch(
+                config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
+                to_run=prepared.plan.to_run, **seams,
+            )  # fmt: skip
+            batches.append(batch)
+            if not batch.totals.deferred or batch.totals.stopped is not None:
+                break
+            # Requests whose answers were lost: the history says whether they were billed
+            # (their images are downloaded) before anything is sent for them again.
+            report = await _settle_first(
+                prepared.manifest, owned, out_path, ledger_path, _path(ledger), key,
+                _history_base(history_base, base), history_lag, emit, sleep,
+            )  # fmt: skip
+            in_run.append(report)
+            settled = report if settled is None else _merged(settled, report)
+            defer = report.unavailable is None
+            prepared = _prepare(
+                prepared.manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
+                retry_failed=retry_failed, concurrency=concurrency, rpm=rate,
+            )  # fmt: skip
+    result = _combined(batches, in_run, the_plan, out_path, ledger_path, the_plan.price)
+    return replace(result, settlement=settled, held_back=len(held))
+
+
+SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not billed
+
+
+def _combined(
+    batches: list[BatchResult],
+    settled: list[settle.SettleReport],
+    plan: Plan,
+    out: Path,
+    ledger_path: Path,
+    price: float,
+) -> RunResult:
+    """One result for the passes of a run: what the first found done or failed before,
+    what all of them did, what the last left; the money of attempts settled in the run
+    moved from possibly billed to spent, or to nothing."""
+    first, last = batches[0].totals, batches[-1].totals
+    failures: Counter[tuple[int | None, str]] = Counter()
+    for batch in batches:
+        failures.update(batch.totals.failures)
+    recovered = sum(r.recovered for r in settled)
+    billed = recovered + sum(r.billed for r in settled)
+    decided = billed + sum(r.not_billed for r in settled)
+    return RunResult(
+        plan, out, ledger_path,
+        succeeded=sum(b.totals.succeeded for b in batches) + recovered,
+        failed=sum(b.totals.failed for b in batches),
+        skipped_done=first.skipped_done,
+        skipped_failed=first.skipped_failed,
+        not_run=last.not_run,
+        unwritten=sum(b.totals.unwritten for b in batches),
+        spent=round(sum(b.totals.spent for b in batches) + billed * price, 6),
+        possibly_billed=round(
+            max(0.0, sum(b.totals.possibly_billed for b in batches) - decided * price), 6
+        ),
+        requests=sum(b.totals.requests for b in batches),
+        throttled=sum(b.totals.throttled for b in batches),
+        failures=dict(failures),
+        remaining_credits=next(
+            (b.totals.remaining_credits for b in reversed(batches) if b.totals.remaining_credits),
+            None,
+        ),
+        stopped=last.stopped,
+        seconds=sum(b.seconds for b in batches),
+        run_id=batches[0].run_id,
+    )  # fmt: skip
 
 
 P = ParamSpec("P")
@@ -238,6 +335,128 @@ run.__doc__ = """The same as `run_async`, for code that is not async: it runs it
 loop (in a thread of its own when one already runs here, as in a notebook), so it
 works from any thread. Returns the RunResult."""
 run.__name__ = run.__qualname__ = "run"
+
+
+# -- settlement ---------------------------------------------------------------------------
+
+SETTLE_POLL_S = 5.0  # between scans while some request is still pending or within the lag
+SETTLE_MAX_SCANS = 20
+SETTLE_MAX_WAIT_S = 60.0  # then what is still unknown is held back, for the next run
+
+
+async def reconcile_async(
+    out: str | os.PathLike[str],
+    *,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    history_base: str | None = None,
+    history_lag: float = settle.HISTORY_LAG_S,
+    manifest: ManifestSource | None = None,
+) -> settle.SettleReport:
+    """Settle every ambiguous attempt in the ledgers of `out` from the request history,
+    appending settlement lines (and downloading billed images) and rewriting nothing.
+    Each ledger it appends to is locked for the while; one another run holds is left
+    alone (`skipped_ledgers`). Output paths come from `manifest`, else from the
+    manifest each ledger's `run` line names (if still there, unchanged), else
+    `recovered/{job_id}.{ext}`. Never raises for the history: see `unavailable`."""
+    out_path = Path(out)
+    paths = ledger.ledgers_in(out_path)
+    if not paths:
+        raise InputError(f"{out_path}: no ledger there (looked for ledger*.jsonl)")
+    targets = None
+    if manifest is not None:
+        loaded = _load(manifest, out_path)
+        targets = settle.Targets()
+        for job in grid.expand(loaded, check_paths=False):
+            targets.add(job.job_id, out_path, job.output)
+    report = await settle.settle_out(
+        paths, api_key=_key(api_key), history_base=_history_base(history_base, _base(api_base)),
+        lag=history_lag, targets=targets,
+    )  # fmt: skip
+    if report.unavailable is not None:
+        log.warning("batchgen: %s; nothing settled", report.unavailable)
+    return report
+
+
+reconcile = _blocking(reconcile_async)
+reconcile.__doc__ = """`reconcile_async`, for code that is not async. Returns the SettleReport."""
+reconcile.__name__ = reconcile.__qualname__ = "reconcile"
+
+
+def _history_base(given: str | None, api_base: str) -> str:
+    """`given`, else $SEGMIND_HISTORY_BASE, else Segmind's; but for a custom API base
+    (an emulator, a proxy) without either, that base's root: the key goes nowhere new."""
+    if given or os.environ.get("SEGMIND_HISTORY_BASE"):
+        return history_client.history_base(given)
+    if api_base.rstrip("/") == api.API_BASE:
+        return history_client.HISTORY_BASE
+    return api_base.rstrip("/").removesuffix("/v1")
+
+
+async def _settle_first(
+    loaded: Manifest,
+    owned: shard.Shard | None,
+    out: Path,
+    ledger_path: Path,
+    ledger_file: Path | None,
+    key: str,
+    base: str,
+    lag: float,
+    emit: events.Listener,
+    sleep: Sleep | None,
+) -> settle.SettleReport:
+    """Settle what earlier runs left ambiguous, before the plan pass reads any state.
+    While some attempt is still pending or within the lag, scan again (every few
+    seconds, for about the lag); what is still unknown then is held back from sending."""
+    paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
+    wanted = _LazyTargets(loaded, owned, out)
+    pause = sleep or asyncio.sleep
+    began = time.time()
+    total: settle.SettleReport | None = None
+    for _ in range(SETTLE_MAX_SCANS):
+        report = await settle.settle_out(
+            paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted
+        )
+        total = report if total is None else _merged(total, report)
+        if report.unavailable is not None:
+            log.warning("batchgen: %s; going on without it (requests whose answers were "
+                        "lost may be paid again)", report.unavailable)  # fmt: skip
+            break
+        if not report.unknown or report.retry_at is None:
+            break
+        if report.retry_at - began > min(lag + 2 * SETTLE_POLL_S, SETTLE_MAX_WAIT_S):
+            break  # not decidable soon: held back from this run, settled by the next
+        await pause(max(0.2, min(SETTLE_POLL_S, report.retry_at - time.time())))
+    assert total is not None
+    if total.settled or total.unknown or total.unavailable is not None:  # news, not noise
+        emit(events.Settled(total))
+    return total
+
+
+def _merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleReport:
+    """Two scans as one: counts added, what is still unknown from the last."""
+    return replace(
+        b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
+        billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
+        recovered_jobs=a.recovered_jobs | b.recovered_jobs,
+        history_calls=a.history_calls + b.history_calls,
+    )  # fmt: skip
+
+
+class _LazyTargets(settle.Targets):
+    """Output paths from the manifest, expanded only once an image is to be placed."""
+
+    def __init__(self, loaded: Manifest, owned: shard.Shard | None, out: Path) -> None:
+        super().__init__()
+        self._source: tuple[Manifest, shard.Shard | None, Path] | None = (loaded, owned, out)
+
+    def place(self, job_id: str, ledger_path: Path, ext: str) -> tuple[str, str]:
+        if self._source is not None:
+            loaded, owned, out = self._source
+            self._source = None
+            for job in _shard_jobs(loaded, owned, check_paths=False):
+                self.add(job.job_id, out, job.output)
+        return super().place(job_id, ledger_path, ext)
 
 
 # -- the report -------------------------------------------------------------------------

@@ -43,17 +43,23 @@ class Progress:
         self._started = self._last_log = time.monotonic()
         self._waiting: set[str] = set()
         self._want_bar = bar
+        self._settled = 0  # requests of earlier runs the history settled before this one
         self._bar: tqdm[Never] | None = None
 
     def __call__(self, event: events.Event) -> None:
         match event:
             case events.RunPlanned(plan=plan, cut_in_flight=cut):
                 self.total = plan.to_run
-                for line in planned_lines(plan, cut):
+                for line in planned_lines(plan, cut, settled=self._settled):
                     self._write(line)
                 return
             case events.LockWaiting(message=message):
                 self._write(message)
+                return
+            case events.Settled(report=report):
+                self._settled += report.settled
+                if report.unavailable is None and (report.settled or report.unknown):
+                    self._write(report.line())  # an unavailable history was logged already
                 return
             case events.JobFinished(job_id=job_id, ok=ok, cost=cost):
                 self._waiting.discard(job_id)
@@ -109,14 +115,17 @@ class Progress:
             self._bar.close()
 
 
-def planned_lines(plan: Plan, cut_in_flight: int | None) -> list[str]:
-    """What a run says before it sends: its size, and what it found of the last run."""
+def planned_lines(plan: Plan, cut_in_flight: int | None, *, settled: int = 0) -> list[str]:
+    """What a run says before it sends: its size, and what it found of the last run
+    (`settled`: requests the request history settled just before)."""
     where = f" (shard {plan.shard})" if plan.shard else ""
     lines = [
         f"{plan.jobs:,} jobs{where}, {plan.done:,} already done, {plan.to_run:,} to "
         f"run (about ${plan.estimated_cost:,.2f})"
     ]
-    if cut_in_flight is not None:  # no run_end: killed, or the machine died
+    if cut_in_flight is not None and settled and not cut_in_flight:
+        lines.append("the last run was cut: what it had in flight is settled (above)")
+    elif cut_in_flight is not None:  # no run_end: killed, or the machine died
         lines.append(f"the last run was cut: {_in_flight(cut_in_flight)}")
     if plan.missing:
         lines.append(f"{missing_text(plan.missing)} and will be paid again")

@@ -48,6 +48,7 @@ class RunOptions:
     max_attempts: int = retry.MAX_ATTEMPTS
     retry_failed: bool = False
     outage_limit: float = retry.OUTAGE_LIMIT_S
+    defer_ambiguous: bool = False  # maybe-billed attempts wait for settlement, not a retry
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RunTotals:
     skipped_failed: int = 0
     not_run: int = 0  # left for the next run when this one stopped early (set at the end)
     unwritten: int = 0  # paid for, but the image could not be written
+    deferred: int = 0  # maybe billed: left to settle from the request history, not retried
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0
@@ -267,6 +269,13 @@ class Runner:
                 await self._fail(job, params, error, attempt, billed, retryable=True)
                 return
             # RETRY, or RESEND past its allowance: an ordinary connection failure now
+            if billed == "maybe" and self.options.defer_ambiguous:
+                # Sending again might pay twice: the request history says, once its row
+                # shows. The job waits for that verdict after this pass (library.run_async
+                # settles, then runs what was not billed), and the worker goes on.
+                await self._interrupted(job, params, error, billed)
+                self.totals.deferred += 1
+                return
             if attempt >= self.options.max_attempts:
                 await self._fail(job, params, error, attempt, billed, retryable=True)
                 return

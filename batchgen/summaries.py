@@ -21,6 +21,8 @@ class _Job:
     retryable: bool = True
     params: dict[str, Any] = field(default_factory=dict)
     open_attempt: float = 0.0  # price of an attempt with no recorded outcome yet
+    open_key: tuple[str, str, int] | None = None  # that attempt: (ledger, started ts, attempt)
+    maybe: dict[tuple[str, str, int], float] = field(default_factory=dict)  # not yet settled
 
 
 @dataclass
@@ -61,7 +63,7 @@ def summarize(paths: Iterable[Path]) -> Summary:
                     summary.wall_seconds += (ended - started_at).total_seconds()
                 started_at = None
             elif isinstance(record.get("job_id"), str):
-                _account(summary, jobs.setdefault(record["job_id"], _Job()), record)
+                _account(summary, jobs.setdefault(record["job_id"], _Job()), record, str(path))
     _finish(summary, jobs)
     return summary
 
@@ -73,22 +75,42 @@ def _when(record: dict[str, Any]) -> datetime | None:
         return None
 
 
-def _account(summary: Summary, job: _Job, record: dict[str, Any]) -> None:
+def _account(summary: Summary, job: _Job, record: dict[str, Any], path: str = "") -> None:
+    """Money: an attempt that may have been billed (`maybe`, or cut short by a crash) is
+    possibly billed until a line settles it (`settles`: batchgen/settle.py); then it
+    counts as what the service charged: spent, or nothing."""
     status = record["status"]
-    if status == "started":
+    billed, cost = record.get("billed"), float(record.get("cost", 0.0))
+    settles = record.get("settles")
+    if isinstance(settles, dict):
+        key = (path, str(settles.get("started")), int(settles.get("attempt", 0)))
+        if key == job.open_key:
+            job.open_attempt, job.open_key, resolved = 0.0, None, True
+        else:
+            resolved = job.maybe.pop(key, None) is not None
+        if resolved and (status == "succeeded" or billed == "billed"):
+            summary.spent += cost
+        if status == ledger.SETTLED:
+            return
+    elif status == "started":
         summary.requests += 1
-        summary.possibly_billed += job.open_attempt  # an attempt a crash cut short
+        if job.open_attempt and job.open_key is not None:  # an attempt a crash cut short
+            job.maybe[job.open_key] = job.open_attempt
         job.open_attempt = float(record.get("price", 0.0))
+        job.open_key = (path, str(record.get("ts")), int(record.get("attempt", 0)))
         if job.status != "succeeded":
             job.status = "started"
         job.params = record.get("params", job.params)
         return
-    job.open_attempt = 0.0
-    billed, cost = record.get("billed"), float(record.get("cost", 0.0))
-    if status == "succeeded" or billed == "billed":
-        summary.spent += cost
-    elif billed == "maybe":
-        summary.possibly_billed += cost
+    elif status == ledger.SETTLED:
+        return
+    else:
+        opened, job.open_attempt, job.open_key = job.open_key, 0.0, None
+        if status == "succeeded" or billed == "billed":
+            summary.spent += cost
+        elif billed == "maybe":
+            key = opened or (path, str(record.get("ts")), int(record.get("attempt", 0)))
+            job.maybe[key] = job.maybe.get(key, 0.0) + cost
     if status == "succeeded":
         job.status = "succeeded"
         credits = record.get("headers", {}).get("x-remaining-credits")
@@ -102,7 +124,7 @@ def _account(summary: Summary, job: _Job, record: dict[str, Any]) -> None:
 def _finish(summary: Summary, jobs: dict[str, _Job]) -> None:
     failures: Counter[str] = Counter()
     for job_id, job in jobs.items():
-        summary.possibly_billed += job.open_attempt
+        summary.possibly_billed += job.open_attempt + sum(job.maybe.values())
         if job.status == "succeeded":
             summary.succeeded += 1
         elif job.status == "failed":

@@ -162,13 +162,15 @@ async def run_against(
     sleep: FakeSleep | None = None,
     request_timeout: float = 30.0,
     handle_signals: bool = False,
+    reconcile: bool = False,
     **options: Any,
 ) -> batchgen.RunResult:
     """A whole run through the library, as `tests.runs.run` makes it, against any
-    api_base, with KEY."""
+    api_base, with KEY; without settlement unless asked (these servers keep no request
+    history: the wire's own behaviour is under test)."""
     seams: dict[str, Any] = {"sleep": sleep, "clock": sleep.clock} if sleep is not None else {}
     return await batchgen.run_async(
         manifest_path, out=out, api_base=api_base, api_key=KEY, timeout=request_timeout,
-        handle_signals=handle_signals,
+        handle_signals=handle_signals, reconcile=reconcile,
         **options, **seams,
     )  # fmt: skip

@@ -75,9 +75,10 @@ def test_a_rerun_says_what_it_found(
         assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 0
         err = capsys.readouterr().err
         assert re.search(rf"^{STAMP} batchgen: 8 jobs, 0 already done, 8 to run", err, re.M)
+        assert re.search(rf"^{STAMP} batchgen: settled 5 requests: 5 not billed$", err, re.M)
         assert re.search(
-            rf"^{STAMP} batchgen: the last run was cut: 5 requests were in flight and may "
-            "have been billed$",
+            rf"^{STAMP} batchgen: the last run was cut: what it had in flight is settled "
+            r"\(above\)$",
             err,
             re.M,
         ), err
@@ -90,6 +91,16 @@ def test_a_rerun_says_what_it_found(
         assert main(["run", str(m), "--out", str(out), "--no-progress"]) == 0
         err = capsys.readouterr().err
         assert "8 already done" in err and "cut" not in err and "missing" not in err
+        plain = tmp_path / "plain"  # the same cut ledger, without the request history
+        plain.mkdir()
+        (plain / "ledger.jsonl").write_bytes(b"".join(cut))
+        assert main(["run", str(m), "--out", str(plain), "--no-progress", "--no-reconcile"]) == 0
+        assert re.search(
+            rf"^{STAMP} batchgen: the last run was cut: 5 requests were in flight and may "
+            "have been billed$",
+            capsys.readouterr().err,
+            re.M,
+        )
 
 
 def resume_line(stdout: str, name: str = "resume") -> list[str]:

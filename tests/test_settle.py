@@ -1,0 +1,324 @@
+"""Settlement against the bundled emulator: lost answers settled from the request history,
+never paid twice, and the report's money equal to the emulator's to the cent."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import batchgen
+from batchgen import api, grid, ledger, manifest, settle
+from batchgen.emulator import RunningEmulator
+from batchgen.images import EncodedImages, LocalImage
+from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
+
+
+def charged(served: RunningEmulator, fingerprints: dict[str, str]) -> Counter[int]:
+    """How many jobs were charged 0, 1, 2... times."""
+    return Counter(served.stats.charges.get(fp, 0) for fp in fingerprints.values())
+
+
+def done_jobs(out: Path) -> set[str]:
+    state = ledger.load_state(ledger.ledgers_in(out))
+    return {job for job in state.records if state.is_done(job)}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def night(tmp_path: Path, served: RunningEmulator, **options: Any) -> Path:
+    out = tmp_path / "out"
+    await run(tmp_path / "m.yaml", served, out, **options)
+    return out
+
+
+async def night_result(
+    tmp_path: Path, served: RunningEmulator, **options: Any
+) -> batchgen.RunResult:
+    return await run(tmp_path / "m.yaml", served, tmp_path / "out", **options)
+
+
+NIGHT = {"fault_504": 0.15, "billed_504_share": 1.0, "seed": 11}
+
+
+async def test_billed_504s_are_downloaded_not_paid_again(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=4, prompts=3, seeds=3)  # 36 jobs
+    fingerprints = job_fingerprints(m)
+    async with emulated(**NIGHT) as served:
+        out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+        lost = sum(1 for r in lines(out) if r.get("billed") == "maybe")
+        assert lost >= 3, "the seed should lose a few answers"
+        report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        assert (report.recovered, report.not_billed, report.unavailable) == (lost, 0, None)
+        assert report.saved == pytest.approx(lost * api.PRICE_USD)
+        again = await night(tmp_path, served, max_attempts=1)  # whatever is left
+        assert again.exists()
+        assert charged(served, fingerprints) == Counter({1: len(fingerprints)})
+        assert done_jobs(out) == set(fingerprints)
+        summary = batchgen.report(out)
+        assert round(summary.spent, 2) == round(served.stats.spent, 2)
+        assert summary.spent == pytest.approx(served.stats.spent)
+        assert summary.possibly_billed == 0
+    recovered = [r for r in lines(out) if r.get("recovered")]
+    assert len(recovered) == lost
+    for record in recovered:
+        assert (out / record["output"]).is_file()
+        assert record["request_id"] and record["cost"] == api.PRICE_USD
+
+
+async def test_a_night_of_billed_504s_pays_each_image_once_within_the_run(
+    tmp_path: Path,
+) -> None:
+    """15% of answers lost after billing, default retries, settlement on: the runner
+    does not send a maybe-billed job again; after its pass the history says billed
+    (downloaded) or not (sent again), and nothing is paid twice."""
+    m = make_project(tmp_path, images=4, prompts=3, seeds=3)
+    fingerprints = job_fingerprints(m)
+    seen: list[batchgen.Event] = []
+    async with emulated(**NIGHT) as served:
+        result = await night_result(tmp_path, served, sleep=FakeSleep(), on_event=seen.append)
+        out = tmp_path / "out"
+        assert charged(served, fingerprints) == Counter({1: len(fingerprints)})
+        assert done_jobs(out) == set(fingerprints)
+        lost = served.stats.by_status.get(504, 0)
+        assert lost >= 3, "the seed should lose a few answers"
+        recovered = [r for r in lines(out) if r.get("recovered")]
+        assert len(recovered) == lost
+        assert any(isinstance(e, batchgen.Settled) for e in seen)
+        summary = batchgen.report(out)
+        assert summary.spent == pytest.approx(served.stats.spent)
+        assert summary.possibly_billed == 0
+        run_result = result
+    assert run_result.spent == pytest.approx(served.stats.spent)
+    assert run_result.possibly_billed == 0 and run_result.succeeded == len(fingerprints)
+
+
+async def test_without_settlement_the_same_night_pays_twice(tmp_path: Path) -> None:
+    """The baseline: today's behaviour re-pays every lost answer."""
+    m = make_project(tmp_path, images=4, prompts=3, seeds=3)
+    fingerprints = job_fingerprints(m)
+    async with emulated(**NIGHT) as served:
+        out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+        lost = sum(1 for r in lines(out) if r.get("billed") == "maybe")
+        await run(m, served, out, max_attempts=1, reconcile=False)
+        assert charged(served, fingerprints)[2] == lost > 0
+        # money still matches once reconciled: the extra charges are settled as billed
+        report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        assert report.billed == lost and report.recovered == 0
+        assert batchgen.report(out).spent == pytest.approx(served.stats.spent)
+        assert batchgen.report(out).possibly_billed == 0
+
+
+async def test_in_run_retries_without_settlement_are_counted_as_the_service_did(
+    tmp_path: Path,
+) -> None:
+    """With --no-reconcile the runner retries a billed 504 at once: both are charged,
+    and reconcile afterwards makes the report's money say so."""
+    m = make_project(tmp_path, images=4, prompts=3, seeds=3)
+    fingerprints = job_fingerprints(m)
+    async with emulated(**NIGHT) as served:
+        out = await night(tmp_path, served, reconcile=False, sleep=FakeSleep())
+        doubles = charged(served, fingerprints)[2]
+        assert doubles > 0
+        before = batchgen.report(out)
+        assert before.spent < served.stats.spent and before.possibly_billed > 0
+        await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        after = batchgen.report(out)
+        assert after.spent == pytest.approx(served.stats.spent) and after.possibly_billed == 0
+
+
+async def test_reconcile_appends_only(tmp_path: Path) -> None:
+    make_project(tmp_path, images=3, prompts=2, seeds=2)
+    async with emulated(fault_504=0.3, billed_504_share=0.5, seed=3) as served:
+        out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+        before = (out / "ledger.jsonl").read_bytes()
+        report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        assert report.settled > 0
+        after = (out / "ledger.jsonl").read_bytes()
+        assert after.startswith(before) and len(after) > len(before)
+        again = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        assert again.settled == 0  # settled once, for good
+        assert (out / "ledger.jsonl").read_bytes() == after
+
+
+async def test_history_down_warns_once_and_pays_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = make_project(tmp_path, images=3, prompts=2, seeds=2)
+    fingerprints = job_fingerprints(m)
+    down = f"http://127.0.0.1:{closed_port()}"
+    async with emulated(**NIGHT) as served:
+        out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+        lost = sum(1 for r in lines(out) if r.get("billed") == "maybe")
+        with caplog.at_level("WARNING", logger="batchgen"):
+            result = await run(m, served, out, history_base=down, sleep=FakeSleep())
+        warnings = [r for r in caplog.records if "request history" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+        assert result.settlement is not None and result.settlement.unavailable
+        assert result.stopped is None and done_jobs(out) == set(fingerprints)
+        assert charged(served, fingerprints)[1] < len(fingerprints) - lost + 1  # paid again
+        assert sum(charged(served, fingerprints).values()) == len(fingerprints)
+        assert (
+            sum(n * c for n, c in charged(served, fingerprints).items()) >= len(fingerprints) + lost
+        )
+
+
+async def test_a_refusing_history_is_unavailable(tmp_path: Path) -> None:
+    make_project(tmp_path, images=2, prompts=2, seeds=2)
+    async with emulated(**NIGHT, fault_request_id=False) as served:
+        out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+        report = await batchgen.reconcile_async(out, api_key="wrong-key", api_base=served.url)
+        assert report.unavailable is not None and "401" in report.unavailable
+
+
+def a_crash(out: Path, m: Path, job_index: int = 0) -> tuple[grid.Job, bytes]:
+    """The `started` line a killed run leaves, for one job of the manifest."""
+    loaded = manifest.load(m)
+    job = list(grid.expand(loaded))[job_index]
+    image = job.params["image_file"]
+    assert isinstance(image, LocalImage)
+    body = api.encode_request(job.params, b'"' + EncodedImages().get(image) + b'"')
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "ledger.jsonl").open("ab") as handle:
+        handle.write(
+            ledger.encode(
+                {
+                    "v": 1,
+                    "ts": ledger.timestamp(),
+                    "job_id": None,
+                    "status": "run",
+                    "manifest": str(m),
+                    "model": api.MODEL,
+                }
+            )
+        )
+        handle.write(
+            ledger.encode(
+                {
+                    "v": 1,
+                    "ts": ledger.timestamp(),
+                    "job_id": job.job_id,
+                    "status": "started",
+                    "attempt": 1,
+                    "price": api.PRICE_USD,
+                    "params": grid.describe(job.params),
+                }
+            )
+        )
+    return job, body
+
+
+async def send(served: RunningEmulator, body: bytes) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{served.url}/{api.MODEL}",
+            data=body,
+            headers={"x-api-key": served.api_key, "Content-Type": "application/json"},
+        ) as response,
+    ):
+        await response.read()
+        return response.status
+
+
+async def test_a_row_that_has_not_appeared_is_waited_for_not_paid_again(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated(history_lag=1.5) as served:
+        _, body = a_crash(out, m)
+        assert await send(served, body) == 200  # billed; the killed run never heard
+        began = time.monotonic()
+        result = await run(m, served, out, history_lag=3.0)
+        assert time.monotonic() - began >= 1.0  # it waited for the row
+        assert result.settlement is not None and result.settlement.recovered == 1
+        assert charged(served, fingerprints) == Counter({1: 2})
+        assert done_jobs(out) == set(fingerprints)
+        assert batchgen.report(out).spent == pytest.approx(served.stats.spent)
+
+
+async def test_within_the_lag_a_job_is_held_back(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated(history_lag=3600) as served:  # the row will not show in this test
+        job, body = a_crash(out, m)
+        assert await send(served, body) == 200
+        report = await batchgen.reconcile_async(
+            out, api_key=served.api_key, api_base=served.url, history_lag=600
+        )
+        assert (report.unknown, report.settled) == (1, 0)
+        before = (out / "ledger.jsonl").read_bytes()
+        assert b'"settled"' not in before
+        began = time.monotonic()
+        result = await run(m, served, out, history_lag=600)  # too long to wait: held back
+        assert time.monotonic() - began < 5
+        assert result.held_back == 1 and job.job_id not in done_jobs(out)
+        assert result.succeeded == 1  # the other job ran
+        assert charged(served, fingerprints) == Counter({1: 2})  # nothing paid twice
+
+
+async def test_a_crash_that_never_reached_the_service_is_not_billed(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with emulated() as served:
+        a_crash(out, m)
+        report = await batchgen.reconcile_async(
+            out, api_key=served.api_key, api_base=served.url, history_lag=0
+        )
+        assert (report.not_billed, report.recovered) == (1, 0)
+        assert batchgen.report(out).possibly_billed == 0
+        result = await run(m, served, out)
+        assert result.succeeded == 1 and served.stats.billed_total == 1
+
+
+def test_reconcile_command_prints_what_it_settled(tmp_path: Path) -> None:
+    import asyncio
+    import contextlib
+    import io
+
+    from batchgen import cli
+
+    make_project(tmp_path, images=4, prompts=3, seeds=3)
+
+    async def go() -> tuple[int, str, float]:
+        async with emulated(**NIGHT) as served:
+            out = await night(tmp_path, served, max_attempts=1, reconcile=False)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = await asyncio.to_thread(
+                    cli.main, ["reconcile", str(out), "--api-base", served.url,
+                               "--api-key-file", str(key_file(tmp_path, served.api_key))]
+                )  # fmt: skip
+            return code, printed.getvalue(), served.stats.spent
+
+    code, text, spent = asyncio.run(go())
+    assert code == 0, text
+    assert text.startswith("settled ") and "completed (downloaded, $" in text
+    assert f"spent       ${spent:,.2f}" in text
+
+
+def key_file(tmp_path: Path, key: str) -> Path:
+    path = tmp_path / "key"
+    path.write_text(key)
+    return path
+
+
+def test_settled_lines_name_their_attempt(tmp_path: Path) -> None:
+    row = settle.Row("r1", "FAILED", 0.0, {}, None, 0.0)
+    attempt = settle.Attempt(tmp_path / "l.jsonl", "ab" * 16, "2026-01-01T00:00:00.000Z", 2,
+                             0.0, {}, billed="maybe")  # fmt: skip
+    line = settle.settled_line(settle.Decision(attempt, settle.Verdict.NOT_BILLED, row))
+    assert line["settles"] == {"started": "2026-01-01T00:00:00.000Z", "attempt": 2}
+    assert (line["billed"], line["cost"], line["status"]) == ("no", 0.0, "settled")
+    assert json.loads(ledger.encode(line))  # one JSON line
