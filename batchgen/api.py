@@ -47,6 +47,9 @@ FIELDS: Final = (
     "image_file", "prompt", "negative_prompt", "seed", "style_type",
     "magic_prompt_option", "image_weight", "resolution", "color_palette",
 )  # fmt: skip
+TEXT_FIELDS: Final = (  # the fields whose values are strings
+    "image_file", "prompt", "negative_prompt", "style_type", "magic_prompt_option", "resolution",
+)  # fmt: skip
 DEFAULTS: Final[Mapping[str, Any]] = {
     "style_type": "GENERAL",
     "magic_prompt_option": "AUTO",

@@ -7,14 +7,16 @@ comes out is already valid: expansion (`grid.py`) never checks again.
     night.yaml ──yaml_lines.py──> data + the line of every key path ─┐
                 (safe tags only, aliases bounded, merge keys)        │
     rows.csv ───csv_rows.py───> rows, each "rows.csv:4 (row 3)" ─────┤
+                (delimiter `,` `;` or tab, from the header)          │
                                                                      v
                             document.py   the whole file: top keys, model, price,
                                           output template; params, grid, jobs
                                           │ each value of each key
                                           v
                             values.py     axis values, {file: ...}, seed: {count: N},
-                                          rows: table.csv, palettes; the API's rule
-                                          for each key (batchgen.api)
+                                          rows: table.csv (ignore: [columns]), palettes;
+                                          the API's rule for each key (batchgen.api), and
+                                          "write it in quotes" for YAML's off/no/yes/on
                                           │ image_file
                                           v
                             image_files.py  URLs, files, folders, globs; outputs are

@@ -44,34 +44,43 @@ def load(path: Path | str, *, exclude: Iterable[Path | str | None] = ()) -> Mani
     digest = hashlib.sha256(raw).hexdigest()
     if path.suffix.lower() == ".csv":
         return _Document(path, display, {}, outputs_filter).csv_manifest(digest)
-    data, lines, anchors_only = _parse(raw, display)
-    document = _Document(path, display, lines, outputs_filter)
+    data, lines, written, anchors_only = _parse(raw, display)
+    document = _Document(path, display, lines, outputs_filter, written)
     return document.yaml_manifest(data, digest, anchors_only=anchors_only)
 
 
-def _parse(raw: bytes, display: str) -> tuple[Any, dict[KeyPath, int], set[str]]:
-    """(the data, the line of each key path, the top-level keys aliased elsewhere)."""
+def _parse(
+    raw: bytes, display: str
+) -> tuple[Any, dict[KeyPath, int], dict[KeyPath, str], set[str]]:
+    """(the data, the line of each key path, the text of each value YAML read as a
+    boolean or a number, the top-level keys aliased elsewhere)."""
     try:
         shared: set[KeyPath] = set()
-        data, lines = load_yaml(raw.decode("utf-8-sig"), shared=shared)
+        written: dict[KeyPath, str] = {}
+        data, lines = load_yaml(raw.decode("utf-8-sig"), shared=shared, written=written)
     except UnicodeDecodeError:
         raise InputError(Problem(display, "", "manifest is not UTF-8 text")) from None
     except YamlProblem as err:
         raise InputError(Problem(f"{display}:{err.line}", "", str(err))) from None
-    return data, lines, {str(p[0]) for p in shared}
+    return data, lines, written, {str(p[0]) for p in shared}
 
 
 class _Document:
     """One manifest file, read section by section."""
 
     def __init__(
-        self, path: Path, display: str, lines: dict[KeyPath, int], outputs_filter: OutputFilter
+        self,
+        path: Path,
+        display: str,
+        lines: dict[KeyPath, int],
+        outputs_filter: OutputFilter,
+        written: dict[KeyPath, str] | None = None,
     ) -> None:
         self.base = path.parent
         self.display = display
         self.outputs = outputs_filter
         self.problems = Problems(display, lines)
-        self.values = Values(self.base, self.problems, outputs_filter)
+        self.values = Values(self.base, self.problems, outputs_filter, written)
 
     def finish(self, manifest: Manifest) -> Manifest:
         self.problems.finish()
@@ -174,7 +183,8 @@ class _Document:
             if axis is not None:
                 axes.append(axis)
         block = Block(self.problems.where(("grid",)), fixed, tuple(axes), seed_count)
-        self.require(block, elsewhere | ({"seed"} if seed_count else set()))
+        if ROWS_KEY not in data:  # rows are checked for what they need, even when broken
+            self.require(block, elsewhere | ({"seed"} if seed_count else set()))
         return [block]
 
     def jobs(self, data: Any, fixed: dict[str, Any]) -> list[Block]:
@@ -189,7 +199,7 @@ class _Document:
             own, axes = self.params_of(entry, ("jobs", i))
             where = self.problems.where(("jobs", i))
             block = Block(where, {**fixed, **own}, tuple(axes), kind="job")
-            self.require(block, set(block.fixed) | {a.name for a in axes})
+            self.require(block, set(block.fixed) | set(entry))  # a bad value is no absent one
             blocks.append(block)
         return blocks
 
@@ -199,7 +209,8 @@ class _Document:
         own: dict[str, Any] = {}
         axes: list[Axis] = []
         for key, value in entry.items():
-            checked = self.values.checked(key, value, self.problems.where((*path, key)))
+            at = (*path, key)
+            checked = self.values.checked(key, value, self.problems.where(at), at)
             if key == "image_file" and isinstance(checked, list):
                 axes.append(Axis(key, distinct([{key: image} for image in checked])))
             elif checked is not BAD:

@@ -18,6 +18,7 @@ KeyPath = tuple[str | int, ...]  # ("grid", "seed", 0): where a value stands in 
 MAX_NODES: Final = 1_000_000  # the most nodes a document may hold once its aliases expand
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_NOT_TEXT_TAGS: Final = frozenset(f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
 
 
 class YamlProblem(ValueError):
@@ -26,10 +27,17 @@ class YamlProblem(ValueError):
         super().__init__(message)
 
 
-def load(text: str, *, shared: set[KeyPath] | None = None) -> tuple[Any, dict[KeyPath, int]]:
+def load(
+    text: str,
+    *,
+    shared: set[KeyPath] | None = None,
+    written: dict[KeyPath, str] | None = None,
+) -> tuple[Any, dict[KeyPath, int]]:
     """Parse one YAML document -> (data, {key path: 1-based line}). With `shared`, also
     note there the top-level keys whose value is aliased elsewhere (`base: &base {...}`
-    kept only to be merged): a manifest need not know such keys."""
+    kept only to be merged): a manifest need not know such keys. With `written`, note
+    there the text of each value read as a boolean or a number (`off`, `1.50`), so a
+    string field given one can say what to quote."""
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as err:
@@ -40,7 +48,7 @@ def load(text: str, *, shared: set[KeyPath] | None = None) -> tuple[Any, dict[Ke
         if node is None:
             return None, lines
         refs = _references(node)
-        data = _Walker(loader, lines).walk(node, ())
+        data = _Walker(loader, lines, written).walk(node, ())
         if shared is not None and isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if refs.get(id(value_node), 0) > 1 and isinstance(key_node.value, str):
@@ -116,9 +124,15 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 class _Walker:
-    def __init__(self, loader: yaml.SafeLoader, lines: dict[KeyPath, int]) -> None:
+    def __init__(
+        self,
+        loader: yaml.SafeLoader,
+        lines: dict[KeyPath, int],
+        written: dict[KeyPath, str] | None = None,
+    ) -> None:
         self.loader = loader
         self.lines = lines
+        self.written = written
         # a mapping's own key nodes, noted before its merge keys are flattened away
         # (an aliased mapping is walked again, already flattened)
         self.own_keys: dict[int, set[int]] = {}
@@ -132,6 +146,8 @@ class _Walker:
             return self.mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
+        if self.written is not None and node.tag in _NOT_TEXT_TAGS:
+            self.written[path] = str(node.value)
         return self.loader.construct_object(node, deep=True)
 
     def mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, Any]:
