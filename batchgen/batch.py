@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen import events, outputs, retry
+from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.client import Client, make_session
 from batchgen.errors import LedgerError
 from batchgen.grid import Job
@@ -21,6 +22,7 @@ from batchgen.images import EncodedImages
 from batchgen.ledger import LedgerState, LedgerWriter
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
+from batchgen.queue_client import QueueClient
 from batchgen.runner import Runner, RunOptions, RunTotals
 from batchgen.stops import Stop, StopReason
 
@@ -36,6 +38,8 @@ class BatchConfig:
     rpm: float | None = None
     timeout: float = retry.REQUEST_TIMEOUT_S
     shard: str | None = None
+    api: str = "v1"  # "v2": the queue (submit, poll, download; batchgen/queue_client.py)
+    typical_latency: float = TYPICAL_LATENCY_S  # v2: when a request is first polled
 
 
 @dataclass
@@ -70,7 +74,12 @@ async def run_batch(
         if config.ledger_path in state.cut:  # the last run was killed: its temp files stay
             await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
-        client = Client(session, api_base=config.api_base, api_key=config.api_key)
+        client = (
+            QueueClient(session, api_base=config.api_base, api_key=config.api_key,
+                        typical_latency=config.typical_latency, sleep=sleep, clock=clock)
+            if config.api == "v2"
+            else Client(session, api_base=config.api_base, api_key=config.api_key)
+        )  # fmt: skip
         runner = Runner(
             model=config.manifest.model,
             price=config.manifest.price,
@@ -124,6 +133,7 @@ def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
         "price": config.manifest.price,
         "options": {
             "api_base": config.api_base,  # never the key
+            "api": config.api,
             "concurrency": options.concurrency,
             "rpm": config.rpm,
             "max_cost": options.max_cost,

@@ -123,6 +123,22 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     run.add_argument("--api-key-file", type=Path, help="read the key from this file")
     run.add_argument(
+        "--api",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: each answer is the image (default); v2: Segmind's queue, crash-safe for "
+        "long runs (the request id is recorded, then polled; a kill loses nothing that "
+        "completed). The v2 base is --api-base with its /v1 made /v2",
+    )
+    run.add_argument(
+        "--typical-latency",
+        type=positive,
+        default=api.TYPICAL_LATENCY_S,
+        metavar="SECONDS",
+        help="with --api v2: the first poll of a request waits about this long (then what "
+        f"the run observes) (default {api.TYPICAL_LATENCY_S:g})",
+    )
+    run.add_argument(
         "--concurrency",
         type=positive_int,
         default=library.DEFAULT_CONCURRENCY,

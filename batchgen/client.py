@@ -46,6 +46,8 @@ class Answer:
     body: bytes
     format: str  # 'jpeg' | 'png' | 'webp', by the bytes
     headers: Mapping[str, str]  # the contract's response headers that were present
+    request_id: str | None = None  # the service's id, when it gave one (v2)
+    cost: float | None = None  # what the service said it charged (v2's metrics.cost)
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -145,22 +147,28 @@ class Client:
         `fresh` sends it on a new connection: after a kept-alive connection was found
         dead, the next one from the pool may be closing too (a server that drops every
         idle connection), and a resend must not meet the same fate again and again."""
-        session = self._session
-        if fresh:
-            if self._fresh is None:
-                self._fresh = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(force_close=True),
-                    timeout=self._session.timeout,
-                    headers={"User-Agent": USER_AGENT},
-                )
-            session = self._fresh
         try:
-            return await self._generate(session, f"{self._base}/{model}", body)
+            return await self._generate(self._session_for(fresh), f"{self._base}/{model}", body)
         except ApiStatusError as err:
-            if self._key and self._key in err.message:
-                err.message = err.message.replace(self._key, "[the API key]")
-                err.args = (f"HTTP {err.status}: {err.message}",)
-            raise
+            raise self._scrubbed(err) from None
+
+    def _session_for(self, fresh: bool) -> aiohttp.ClientSession:
+        if not fresh:
+            return self._session
+        if self._fresh is None:
+            self._fresh = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
+                timeout=self._session.timeout,
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._fresh
+
+    def _scrubbed(self, err: ApiStatusError) -> ApiStatusError:
+        """The error, its message never holding the key."""
+        if self._key and self._key in err.message:
+            err.message = err.message.replace(self._key, "[the API key]")
+            err.args = (f"HTTP {err.status}: {err.message}",)
+        return err
 
     async def aclose(self) -> None:
         """Close what the client opened of its own (the session is the caller's)."""
@@ -168,6 +176,21 @@ class Client:
             await self._fresh.close()
 
     async def _generate(self, session: aiohttp.ClientSession, url: str, body: bytes) -> Answer:
+        response = await self._send(session, url, body)
+        async with response:
+            status = response.status
+            if status != 200:
+                raise await self._refusal(response)
+            headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
+                       if name in response.headers}  # fmt: skip
+            payload = await _read_image(response)
+        return Answer(payload, _kind(payload), headers)
+
+    async def _send(
+        self, session: aiohttp.ClientSession, url: str, body: bytes
+    ) -> aiohttp.ClientResponse:
+        """POST `body` with the key, never following a redirect; every failure before an
+        answer's status line is a TransportError saying whether it may have been sent."""
         attempt = _Attempt()
         try:
             response = await session.post(
@@ -202,14 +225,7 @@ class Client:
             raise TransportError(
                 f"connection failed: {_name(err)}", sent=True, reason="connection lost"
             ) from None
-        async with response:
-            status = response.status
-            if status != 200:
-                raise await self._refusal(response)
-            headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
-                       if name in response.headers}  # fmt: skip
-            payload = await _read_image(response)
-        return Answer(payload, _kind(payload), headers)
+        return response
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> ApiStatusError:
         status = response.status

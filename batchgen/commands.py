@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from batchgen import events, ledger, library, retry, run_summary, settle, summaries
+from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.errors import InputError
 from batchgen.grid import describe
 from batchgen.library import DEFAULT_CONCURRENCY, RunResult
@@ -66,6 +67,7 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
         "retry_failed": args.retry_failed, "shard": args.shard, "shard_count": args.shard_count,
         "wait_lock": args.wait_lock, "reconcile": not args.no_reconcile,
         "history_base": args.history_base, "history_lag": args.history_lag,
+        "api": args.api, "typical_latency": args.typical_latency,
     }  # fmt: skip
 
 
@@ -141,6 +143,8 @@ RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("--shard-count", "shard_count", None),
     ("--api-base", "api_base", None),
     ("--api-key-file", "api_key_file", None),
+    ("--api", "api", "v1"),
+    ("--typical-latency", "typical_latency", TYPICAL_LATENCY_S),
     ("--concurrency", "concurrency", DEFAULT_CONCURRENCY),
     ("--rpm", "rpm", None),
     ("--rpm-total", "rpm_total", None),

@@ -9,7 +9,9 @@
         ├── ApiStatusError    a non-200 answer: status, message, retry_after
         │   └── BadAnswerError  a 200 that is not a whole image: billed all the same
         └── TransportError    timeout or connection failure; may have been billed
-                              (`sent`), or never reached the service (`stale`)
+            │                 (`sent`), or never reached the service (`stale`)
+            └── QueuedRequestLost  a v2 request was queued (it will bill) but its
+                              answer could not be had by polling: settle it by its id
 
 Whether an ApiError is retried, fails the job, or stops the whole run is decided
 in one place, `retry.verdict` (by status, by what was wrong with a 200, by whether
@@ -131,6 +133,17 @@ class TransportError(ApiError):
         self.stale = stale
         self.reason = reason or message  # in a few words: "connection refused", "timed out"
         super().__init__(message)
+
+
+class QueuedRequestLost(TransportError):
+    """A v2 request the service queued (so it will complete and bill) whose outcome could
+    not be had by polling (its record expired, or the polls kept failing). Possibly
+    billed, and not an outage: sending it again might pay twice, so it is settled by its
+    `request_id` from the request history instead."""
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        super().__init__(message, sent=True, reason="lost track of a queued request")
+        self.request_id = request_id
 
 
 def _error_message(body: bytes) -> str:

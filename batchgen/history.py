@@ -174,6 +174,10 @@ class History:
             await self._session.close()
 
     @property
+    def key(self) -> str:
+        return self._key
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "use History as `async with`"
         return self._session
@@ -242,31 +246,44 @@ class History:
     async def download(self, url: str) -> bytes:
         """The public output at `url`, without the key: a whole image, at most
         `max_bytes`. Raises DownloadError."""
-        if not api.is_url(url):
-            raise DownloadError(f"the output URL {url!r} is not an http(s) URL")
-        try:
-            async with self.session.get(url, timeout=self._timeout) as response:
-                if response.status != 200:
-                    raise DownloadError(f"the output answered HTTP {response.status}")
-                declared = response.content_length
-                if declared is not None and declared > self.max_bytes:
-                    raise DownloadError(f"the output is {declared:,} bytes; the cap is "
-                                        f"{self.max_bytes:,}")  # fmt: skip
-                data = bytearray()
-                while chunk := await response.content.read(READ_CHUNK):
-                    data += chunk
-                    if len(data) > self.max_bytes:
-                        raise DownloadError(f"the output went past the cap of "
-                                            f"{self.max_bytes:,} bytes")  # fmt: skip
-        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as err:
-            raise DownloadError(f"the output could not be fetched ({type(err).__name__})") from None
-        payload = bytes(data)
-        if declared is not None and len(payload) != declared:
-            raise DownloadError(f"the output is {len(payload):,} of {declared:,} bytes")
-        problem = api.image_problem(payload)
-        if problem is not None:
-            raise DownloadError(problem)
-        return payload
+        return await download(self.session, url, timeout=self._timeout, max_bytes=self.max_bytes)
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 (aiohttp's, per request)
+    max_bytes: int = retry.MAX_RESPONSE_BYTES,
+) -> bytes:
+    """A public output image at `url`, fetched WITHOUT the key (no x-api-key header; the
+    session must not carry one), redirects followed since no key travels: a whole image
+    (`api.image_problem`), at most `max_bytes`. Raises DownloadError."""
+    if not api.is_url(url):
+        raise DownloadError(f"the output URL {url!r} is not an http(s) URL")
+    try:
+        async with session.get(
+            url, timeout=timeout or aiohttp.ClientTimeout(total=TIMEOUT_S)
+        ) as response:
+            if response.status != 200:
+                raise DownloadError(f"the output answered HTTP {response.status}")
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise DownloadError(f"the output is {declared:,} bytes; the cap is {max_bytes:,}")
+            data = bytearray()
+            while chunk := await response.content.read(READ_CHUNK):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise DownloadError(f"the output went past the cap of {max_bytes:,} bytes")
+    except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as err:
+        raise DownloadError(f"the output could not be fetched ({type(err).__name__})") from None
+    payload = bytes(data)
+    if declared is not None and len(payload) != declared:
+        raise DownloadError(f"the output is {len(payload):,} of {declared:,} bytes")
+    problem = api.image_problem(payload)
+    if problem is not None:
+        raise DownloadError(problem)
+    return payload
 
 
 def _refusal(status: int, base: str) -> str:

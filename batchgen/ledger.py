@@ -6,7 +6,11 @@ It is what makes a run resumable without paying twice. Every line carries
 - `run`        a run began (manifest, its digest, options; never the key)
 - `started`    written and fsync'd just before a request is sent, so a crash
                leaves evidence of what might have been billed
-- `succeeded`  written only after the output file is in place
+- `submitted`  (`--api v2`) the request was queued: its `request_id` and `attempt`,
+               fsync'd before the first poll. Until an outcome follows, the attempt is
+               open (possibly billed), as after a `started`; a resume polls the id and
+               downloads what completed instead of sending again (settle.py)
+- `succeeded`  written only after the output file is in place (`request_id` with v2)
 - `retry`      an attempt failed and will be tried again (`http_status`, `error`,
                `billed`: no / maybe / billed, `cost`, `delay`)
 - `failed`     with `error`, `http_status`, `retryable`, `attempts`, `billed`
@@ -56,6 +60,7 @@ VERSION: Final = 1
 DEFAULT_NAME: Final = "ledger.jsonl"
 JOB_STATUSES: Final = frozenset({"started", "succeeded", "failed", "interrupted", "unwritten"})
 SETTLED: Final = "settled"  # not a job status: it settles one attempt of the job
+SUBMITTED: Final = "submitted"  # not a job status: the open attempt's v2 request id
 
 
 def timestamp(now: float | None = None) -> str:

@@ -36,6 +36,7 @@ from batchgen import (
     ledger,
     manifest,
     outputs,
+    queue_client,
     retry,
     runlock,
     settle,
@@ -43,6 +44,7 @@ from batchgen import (
     summaries,
 )
 from batchgen import history as history_client
+from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
@@ -166,6 +168,8 @@ async def run_async(
     reconcile: bool = True,
     history_base: str | None = None,
     history_lag: float = settle.HISTORY_LAG_S,
+    api: str = "v1",
+    typical_latency: float = TYPICAL_LATENCY_S,
     on_event: events.Listener | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     handle_signals: bool = False,
@@ -191,11 +195,18 @@ async def run_async(
     `history_lag` is how long a row may take to show. An unreachable history is one
     warning, and the run goes on as without it.
 
+    `api="v2"` sends through Segmind's queue (the API base with its `/v1` made `/v2`):
+    each request's id is made durable (a `submitted` line) before it is polled, the first
+    poll about `typical_latency` seconds after the submission, and the image is then
+    downloaded; a resume polls the ids a killed run left and downloads what completed,
+    before anything is sent (part of the settlement; `reconcile=False` skips it too).
+
     Raises InputError for bad input (nothing sent), LockedError when another run holds
     the ledger (nothing sent), LedgerError for a ledger that cannot be trusted."""
     emit = on_event or events.ignore
     key = _key(api_key)
     base = _base(api_base)
+    queue_base = _queue_base(api, base)
     owned = _shard(shard, shard_count)
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
@@ -205,7 +216,7 @@ async def run_async(
             manifest = _load(manifest, out_path)
             settled = await _settle_first(
                 manifest, owned, out_path, ledger_path, _path(ledger), key,
-                _history_base(history_base, base), history_lag, emit, sleep,
+                _history_base(history_base, base), history_lag, emit, sleep, queue_base,
             )  # fmt: skip
         prepared = _prepare(
             manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
@@ -237,6 +248,8 @@ async def run_async(
                 rpm=rate,
                 timeout=timeout,
                 shard=str(owned) if owned else None,
+                api=api,
+                typical_latency=typical_latency,
             )  # fmt: skip
             held = settled.unknown_jobs if settled is not None else frozenset()
             jobs = (job for job in prepared.jobs() if job.job_id not in held)
@@ -251,7 +264,7 @@ async def run_async(
             # (their images are downloaded) before anything is sent for them again.
             report = await _settle_first(
                 prepared.manifest, owned, out_path, ledger_path, _path(ledger), key,
-                _history_base(history_base, base), history_lag, emit, sleep,
+                _history_base(history_base, base), history_lag, emit, sleep, queue_base,
             )  # fmt: skip
             in_run.append(report)
             settled = report if settled is None else _merged(settled, report)
@@ -284,7 +297,7 @@ def _combined(
         failures.update(batch.totals.failures)
     recovered = sum(r.recovered for r in settled)
     billed = recovered + sum(r.billed for r in settled)
-    decided = billed + sum(r.not_billed for r in settled)
+    decided = billed + sum(r.not_billed + r.failed for r in settled)
     return RunResult(
         plan, out, ledger_path,
         succeeded=sum(b.totals.succeeded for b in batches) + recovered,
@@ -358,7 +371,8 @@ async def reconcile_async(
     Each ledger it appends to is locked for the while; one another run holds is left
     alone (`skipped_ledgers`). Output paths come from `manifest`, else from the
     manifest each ledger's `run` line names (if still there, unchanged), else
-    `recovered/{job_id}.{ext}`. Never raises for the history: see `unavailable`."""
+    `recovered/{job_id}.{ext}`. Recorded v2 request ids are polled first (at the API
+    base with `/v1` made `/v2`). Never raises for the history: see `unavailable`."""
     out_path = Path(out)
     paths = ledger.ledgers_in(out_path)
     if not paths:
@@ -369,9 +383,10 @@ async def reconcile_async(
         targets = settle.Targets()
         for job in grid.expand(loaded, check_paths=False):
             targets.add(job.job_id, out_path, job.output)
+    base = _base(api_base)
     report = await settle.settle_out(
-        paths, api_key=_key(api_key), history_base=_history_base(history_base, _base(api_base)),
-        lag=history_lag, targets=targets,
+        paths, api_key=_key(api_key), history_base=_history_base(history_base, base),
+        lag=history_lag, targets=targets, queue_base=queue_client.v2_base(base),
     )  # fmt: skip
     if report.unavailable is not None:
         log.warning("batchgen: %s; nothing settled", report.unavailable)
@@ -404,10 +419,13 @@ async def _settle_first(
     lag: float,
     emit: events.Listener,
     sleep: Sleep | None,
+    queue_base: str | None = None,
 ) -> settle.SettleReport:
     """Settle what earlier runs left ambiguous, before the plan pass reads any state.
-    While some attempt is still pending or within the lag, scan again (every few
-    seconds, for about the lag); what is still unknown then is held back from sending."""
+    First the v2 requests whose ids were recorded are polled at `queue_base` (what
+    completed is downloaded); then the history. While some attempt is still pending or
+    within the lag, scan again (every few seconds, for about the lag); what is still
+    unknown then is held back from sending."""
     paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
     wanted = _LazyTargets(loaded, owned, out)
     pause = sleep or asyncio.sleep
@@ -415,8 +433,9 @@ async def _settle_first(
     total: settle.SettleReport | None = None
     for _ in range(SETTLE_MAX_SCANS):
         report = await settle.settle_out(
-            paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted
-        )
+            paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
+            queue_base=queue_base, sleep=pause,
+        )  # fmt: skip
         total = report if total is None else _merged(total, report)
         if report.unavailable is not None:
             log.warning("batchgen: %s; going on without it (requests whose answers were "
@@ -438,6 +457,7 @@ def _merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleRepo
     return replace(
         b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
         billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
+        polled=a.polled + b.polled, failed=a.failed + b.failed, polls=a.polls + b.polls,
         recovered_jobs=a.recovered_jobs | b.recovered_jobs,
         history_calls=a.history_calls + b.history_calls,
     )  # fmt: skip
@@ -509,6 +529,20 @@ def _base(given: str | None) -> str:
             f"(e.g. {api.API_BASE} or http://127.0.0.1:8000/v1)"
         )
     return given.strip()
+
+
+def _queue_base(which: str, base: str) -> str | None:
+    """The v2 base (`/v1` made `/v2`) where recorded v2 request ids are polled; for
+    `api="v2"` a base without `/v1` is bad input. None when there is none to derive."""
+    if which not in ("v1", "v2"):
+        raise InputError(f"--api {which!r} is not one of v1, v2")
+    derived = queue_client.v2_base(base)
+    if which == "v2" and derived is None:
+        raise InputError(
+            f"--api v2 needs an API base ending in /v1 (the v2 base replaces it with /v2); "
+            f"got {base!r}"
+        )
+    return derived
 
 
 def _shard(spec: str | None, count: int | None) -> shard.Shard | None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
-from batchgen.errors import AnswerProblem, ApiError, TransportError
+from batchgen.errors import AnswerProblem, ApiError, QueuedRequestLost, TransportError
 
 MAX_ATTEMPTS: Final = 6  # tries per job that count: 5xx, timeouts, connection errors
 MAX_THROTTLED: Final = 60  # 429 answers one job may see before it gives up
@@ -91,6 +91,8 @@ def is_outage(error: ApiError) -> bool:
     connection lost, timed out) or a gateway's 502/503/504. The circuit breaker's
     business (`breaker.py`); a 500, answered by the service itself, is the retry budget's.
     A dead kept-alive connection (resent for free) says nothing about the service."""
+    if isinstance(error, QueuedRequestLost):
+        return False  # the submit was answered; its outcome is settled by its id
     if isinstance(error, TransportError):
         return not error.stale
     return error.problem is None and error.status in _OUTAGE

@@ -38,6 +38,7 @@ from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
 from batchgen.ledger import unwritten as ledger_unwritten
 from batchgen.pacing import Pacer, RetryBudget, Sleep, until
 from batchgen.planning import format_duration
+from batchgen.queue_client import QueueClient
 from batchgen.stops import Stop, StopReason
 
 
@@ -313,7 +314,12 @@ class Runner:
             self.emit(events.JobStarted(job.job_id, attempt))
             self.totals.requests += 1
             sent_at = self.pacer.now()
-            answer = await self.client.generate(self.model, body, fresh=fresh)
+            if isinstance(self.client, QueueClient):  # v2: the request id durable, then polled
+                queued = functools.partial(self._submitted, job.job_id, attempt)
+                answer = await self.client.generate(self.model, body, fresh=fresh,
+                                                    on_submitted=queued)  # fmt: skip
+            else:
+                answer = await self.client.generate(self.model, body, fresh=fresh)
         except ApiError as error:
             if not (isinstance(error, ApiStatusError) and error.status == 429):
                 self.pacer.answered()
@@ -334,9 +340,15 @@ class Runner:
         finally:
             self._reserved -= self.price
         self.pacer.answered(sent_at)
-        self.totals.spent += self.price
+        self.totals.spent += self.price if answer.cost is None else answer.cost
         await self._succeed(job, params, answer, attempt)
         return None
+
+    async def _submitted(self, job_id: str, attempt: int, request_id: str) -> None:
+        """A v2 request is queued (it will bill): its id on disk before the first poll,
+        so a crash loses nothing that completes (the resume polls it)."""
+        await self._record({"job_id": job_id, "status": "submitted", "attempt": attempt,
+                            "request_id": request_id})  # fmt: skip
 
     def _body(self, job: Job) -> bytes:
         image = job.params["image_file"]
@@ -358,13 +370,15 @@ class Runner:
             "job_id": job.job_id,
             "status": "succeeded",
             "output": output,
-            "cost": self.price,
+            "cost": self.price if answer.cost is None else answer.cost,
             "bytes": len(body),
             "sha256": _sha256(body),
             "attempts": attempt,
             "headers": dict(answer.headers),
             "params": params,
         }
+        if answer.request_id is not None:
+            record["request_id"] = answer.request_id
         try:
             target = outputs.confine(self._root, relative)
         except ValueError as err:  # checked before sending; never lose the paid image's record

@@ -46,6 +46,7 @@ on resume, before anything is sent, and `batchgen reconcile` on its own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -53,20 +54,23 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from batchgen import api, ledger, metadata, outputs, runlock
+from batchgen import api, ledger, metadata, outputs, queue_client, runlock
 from batchgen.errors import LedgerError, LockedError
 from batchgen.history import DownloadError, History, HistoryUnavailable, Row
 
 log = logging.getLogger("batchgen")
 
 SETTLED: Final = "settled"
+SUBMITTED: Final = ledger.SUBMITTED  # a v2 request queued: its `request_id`, before a poll
+QUEUE_WAIT_S: Final = 30.0  # on resume, how long to keep polling requests still queued
 HISTORY_LAG_S: Final = 30.0  # a row shows up to this long after its request (pinned)
 CLOCK_SLACK_S: Final = 120.0  # our clock and the service's may disagree by this much
 RECOVERED_FOLDER: Final = "recovered"  # where an image goes when its job's path is unknown
@@ -154,7 +158,9 @@ def decide(
     pending = any(r.status == "PENDING" for r in window)
     decisions: list[Decision] = []
     for attempt in pending_attempts:
-        if completed:
+        if attempt.request_id is not None:  # a v2 request: its own row, by its id
+            decisions.append(_by_own_id(attempt, (by_id or {}).get(attempt.request_id), now, lag))
+        elif completed:
             decisions.append(Decision(attempt, Verdict.BILLED, completed.pop(0)))
         elif pending or now < attempt.deadline(lag):
             decisions.append(Decision(attempt, Verdict.UNKNOWN))
@@ -171,6 +177,18 @@ def decide(
         if row is not None and row.status == "COMPLETED" and row.generation_url:
             return [*decisions, Decision(attempt, Verdict.BILLED, row, True)]
     return decisions
+
+
+def _by_own_id(attempt: Attempt, row: Row | None, now: float, lag: float) -> Decision:
+    """An attempt whose request id is known (v2 `submitted`): its row says, or, once
+    the lag has passed with no row, it was not billed."""
+    if row is not None and row.status == "COMPLETED":
+        return Decision(attempt, Verdict.BILLED, row)
+    if row is not None and row.status == "FAILED":
+        return Decision(attempt, Verdict.NOT_BILLED, row)
+    if row is not None or now < attempt.deadline(lag):
+        return Decision(attempt, Verdict.UNKNOWN)
+    return Decision(attempt, Verdict.NOT_BILLED)
 
 
 # -- matching a row to a job -------------------------------------------------------------
@@ -254,7 +272,7 @@ def _candidates(path: Path) -> set[str]:
         else:
             key, status = match[1], match[2].decode()
         job = key.decode()
-        if status == "started":
+        if status in ("started", SUBMITTED):  # submitted: queued (v2), still no outcome
             open_jobs.add(job)
             continue
         open_jobs.discard(job)
@@ -311,6 +329,10 @@ def _fold(
         return
     if status == SETTLED:
         return
+    if status == SUBMITTED:  # the v2 request of the open attempt: settled by this id
+        if job in open_attempt and isinstance(request_id, str):
+            open_attempt[job] = replace(open_attempt[job], request_id=request_id)
+        return
     if status == "started":
         if job in open_attempt:  # the one before it never finished: a crash
             view.attempts.setdefault(job, []).append(open_attempt.pop(job))
@@ -327,7 +349,7 @@ def _fold(
     if started is None:
         return  # an outcome with no attempt of its own (nothing was sent)
     billed = "billed" if status == "succeeded" else str(record.get("billed", "no"))
-    rid = request_id if isinstance(request_id, str) else None
+    rid = request_id if isinstance(request_id, str) else started.request_id
     ended = Attempt(
         started.ledger, job, started.started, started.attempt, started.started_at,
         started.params, started.price, started.model, billed, str(status),
@@ -385,10 +407,26 @@ class SettleReport:
     unknown_jobs: frozenset[str] = frozenset()
     retry_at: float | None = None  # when a new scan could decide an unknown one
     history_calls: int = 0
+    polled: int = 0  # of `recovered`: v2 requests downloaded by polling their recorded id
+    failed: int = 0  # v2 requests that ended FAILED (not billed): their jobs failed for good
+    polls: int = 0  # v2 result GETs made (free)
 
     @property
     def settled(self) -> int:
-        return self.recovered + self.billed + self.not_billed
+        return self.recovered + self.billed + self.not_billed + self.failed
+
+    def then(self, later: SettleReport) -> SettleReport:
+        """Two steps of one pass as one: counts added, the rest from `later`."""
+        return replace(
+            later, recovered=self.recovered + later.recovered,
+            saved=round(self.saved + later.saved, 6), billed=self.billed + later.billed,
+            not_billed=self.not_billed + later.not_billed, lost=self.lost + later.lost,
+            unknown=self.unknown + later.unknown, polled=self.polled + later.polled,
+            failed=self.failed + later.failed, polls=self.polls + later.polls,
+            recovered_jobs=self.recovered_jobs | later.recovered_jobs,
+            unknown_jobs=self.unknown_jobs | later.unknown_jobs,
+            history_calls=self.history_calls + later.history_calls,
+        )  # fmt: skip
 
     def line(self) -> str:
         """`settled 7 requests: 5 completed (downloaded, $0.32 not paid twice), 2 not billed`"""
@@ -396,8 +434,11 @@ class SettleReport:
             return f"cannot settle from the request history: {self.unavailable}"
         parts = []
         if self.recovered:
+            by_id = f"; {self.polled} by their v2 request id" if self.polled else ""
             parts.append(f"{self.recovered} completed (downloaded, ${self.saved:,.2f} not paid "
-                         "twice)")  # fmt: skip
+                         f"twice{by_id})")  # fmt: skip
+        if self.failed:
+            parts.append(f"{self.failed} FAILED (not billed; failed for good)")
         if self.billed:
             parts.append(f"{self.billed} billed (no image needed)")
         if self.not_billed:
@@ -481,7 +522,11 @@ class Settler:
             by_id = {row.request_id: row for row in rows}
             for attempt in attempts:  # an id the scan missed (older, another model)
                 rid = attempt.request_id
-                if attempt.status == "unwritten" and rid and rid not in by_id:
+                if (
+                    (attempt.status == "unwritten" or attempt.ambiguous)
+                    and rid
+                    and rid not in by_id
+                ):
                     found = await self.history.row(rid)
                     if found is not None:
                         by_id[rid] = found
@@ -538,7 +583,12 @@ class Settler:
         )  # fmt: skip
 
     async def _recover(
-        self, writer: ledger.LedgerWriter, attempt: Attempt, row: Row, targets: Targets
+        self,
+        writer: ledger.LedgerWriter,
+        attempt: Attempt,
+        row: Row,
+        targets: Targets,
+        extra: Mapping[str, Any] | None = None,
     ) -> bool:
         """Download the row's image and put it in place, its `succeeded` line after it."""
         assert row.generation_url is not None
@@ -557,13 +607,112 @@ class Settler:
         provenance = {**params, "model": attempt.model, "job_id": attempt.job_id,
                       "source": source}  # fmt: skip
         body = metadata.embed(image, kind, provenance)
-        record = recovered_line(attempt, row, recorded, body)
+        record = {**recovered_line(attempt, row, recorded, body), **(extra or {})}
         failure = await writer.submit(record, output=(target, body))
         if failure is not None:
             log.warning("batchgen: recovered the image of job %s but cannot write it: %s",
                         attempt.job_id[:12], failure)  # fmt: skip
             return False
         return True
+
+    async def collect_queued(
+        self,
+        settle: Sequence[Path],
+        read: Sequence[Path],
+        targets: Targets | None,
+        base: str,
+        *,
+        wait: float = QUEUE_WAIT_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> SettleReport:
+        """The first step on resume, before the history: every ambiguous attempt with a
+        recorded v2 request id (a `submitted` line and no outcome: a crash; or lost while
+        polling) is polled at `base`. COMPLETED: its image is downloaded (no key) and put
+        in place with a `succeeded` line (`recovered`, `polled`, its request id and
+        `metrics.cost`); FAILED: a `failed` line, for good, not billed. Requests still
+        queued are polled again every 1-2 s for up to `wait` seconds; what is still open
+        then, gone (404: past the hour records live) or unreachable is left to the
+        request history. Nothing is sent."""
+        everything = sorted({*read, *settle})
+        view = read_view(everything)
+        mine = {str(p) for p in settle}
+        attempts = [a for a in view.unsettled()
+                    if str(a.ledger) in mine and a.ambiguous and a.request_id]  # fmt: skip
+        if not attempts:
+            return SettleReport()
+        results: dict[tuple[str, str, int], queue_client.Poll] = {}
+        pending, began, polls = attempts, time.monotonic(), 0
+        session = self.history.session
+        while pending:
+            answers = await asyncio.gather(
+                *(queue_client.poll(session, base, self.history.key, a.request_id or "")
+                  for a in pending)
+            )  # fmt: skip
+            polls += len(pending)
+            still = []
+            for attempt, answer in zip(pending, answers, strict=True):
+                if answer.state in ("COMPLETED", "FAILED"):
+                    results[attempt.key] = answer
+                elif answer.state not in ("GONE", "ERROR"):
+                    still.append(attempt)  # queued or processing: it will end soon
+            pending = still
+            if not pending or time.monotonic() - began >= wait:
+                break
+            await sleep(random.uniform(queue_client.POLL_MIN_S, queue_client.POLL_MAX_S))
+        if not results:
+            return SettleReport(polls=polls)
+        state = ledger.load_state(everything)
+        targets = targets or targets_from_manifests(view.manifests)
+        counts = {"recovered": 0, "billed": 0, "failed": 0}
+        saved = 0.0
+        recovered: set[str] = set()
+        for path in sorted({a.ledger for a in attempts if a.key in results}):
+            async with ledger.LedgerWriter(path) as writer:
+                for attempt in (a for a in attempts if a.ledger == path and a.key in results):
+                    answer = results[attempt.key]
+                    cost = answer.cost if answer.cost is not None else attempt.price
+                    done = state.is_done(attempt.job_id) or attempt.job_id in recovered
+                    if answer.state == "COMPLETED" and not done and answer.output is not None:
+                        row = Row(attempt.request_id or "", "COMPLETED", cost, None,
+                                  answer.output, None)  # fmt: skip
+                        if await self._recover(writer, attempt, row, targets, {"polled": True}):
+                            counts["recovered"] += 1
+                            saved += attempt.price or cost
+                            recovered.add(attempt.job_id)
+                        continue  # not fetched: the history step tries its generation_url
+                    if answer.state == "COMPLETED":
+                        counts["billed"] += 1
+                        await writer.write(_queued_line(attempt, "billed", cost))
+                    elif done:
+                        counts["failed"] += 1
+                        await writer.write(_queued_line(attempt, "no", 0.0))
+                    else:
+                        counts["failed"] += 1
+                        await writer.write(failed_line(attempt, answer.error or "FAILED"))
+        return SettleReport(
+            recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
+            failed=counts["failed"], polled=counts["recovered"],
+            recovered_jobs=frozenset(recovered), polls=polls,
+        )  # fmt: skip
+
+
+def _queued_line(attempt: Attempt, billed: str, cost: float) -> dict[str, Any]:
+    """A `settled` line for a v2 request whose end its poll told."""
+    return {
+        "job_id": attempt.job_id, "status": SETTLED, "billed": billed, "cost": cost,
+        "request_id": attempt.request_id, "history_status": None, "polled": True,
+        "settles": {"started": attempt.started, "attempt": attempt.attempt},
+    }  # fmt: skip
+
+
+def failed_line(attempt: Attempt, error: str) -> dict[str, Any]:
+    """The `failed` line of a v2 request that ended FAILED: for good, not billed."""
+    return {
+        "job_id": attempt.job_id, "status": "failed", "error": error, "http_status": 422,
+        "retryable": False, "attempts": attempt.attempt, "billed": "no", "cost": 0.0,
+        "params": dict(attempt.params), "request_id": attempt.request_id, "polled": True,
+        "settles": {"started": attempt.started, "attempt": attempt.attempt},
+    }  # fmt: skip
 
 
 def recovered_line(attempt: Attempt, row: Row, output: str, body: bytes) -> dict[str, Any]:
@@ -677,17 +826,27 @@ async def settle_out(
     held: Iterable[Path] = (),
     targets: Targets | None = None,
     clock: Clock = time.time,
+    queue_base: str | None = None,
+    queue_wait: float = QUEUE_WAIT_S,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> SettleReport:
     """One settlement pass over the ledgers `paths` of an out folder: those this process
-    holds or can lock are settled, the rest only read."""
+    holds or can lock are settled, the rest only read. With `queue_base` (the v2 base),
+    recorded v2 request ids are polled first (`Settler.collect_queued`)."""
     with lockable(paths, held) as usable:
         skipped = tuple(str(p) for p in paths if p not in usable)
         async with History(api_key=api_key, base=history_base) as history:
             settler = Settler(history, lag=lag, clock=clock)
+            first = SettleReport()
+            if queue_base is not None:
+                first = await settler.collect_queued(
+                    usable, paths, targets, queue_base, wait=queue_wait, sleep=sleep
+                )
             try:
                 report = await settler.settle_ledgers(usable, paths, targets)
             except HistoryUnavailable as err:  # never into a run
                 report = SettleReport(unavailable=str(err))
+            report = first.then(report)
     if skipped:
         from dataclasses import replace
 

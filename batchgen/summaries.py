@@ -102,7 +102,7 @@ def _account(summary: Summary, job: _Job, record: dict[str, Any], path: str = ""
             job.status = "started"
         job.params = record.get("params", job.params)
         return
-    elif status == ledger.SETTLED:
+    elif status in (ledger.SETTLED, ledger.SUBMITTED):  # submitted: still open, maybe billed
         return
     else:
         opened, job.open_attempt, job.open_key = job.open_key, 0.0, None

@@ -18,6 +18,7 @@ SCRIPTS = (
     "bench.bench_scale",  # target 5
     "bench.bench_images",  # target 6
     "bench.bench_settlement",  # settlement: nothing paid twice on a night of billed 504s
+    "bench.bench_v2",  # --api v2: polls per image
 )
 
 
