@@ -18,7 +18,9 @@ from batchgen.emulator import fingerprint
 from batchgen.images import LocalImage
 from batchgen.planning import ImageTally, UploadFigures, upload_lines
 from batchgen.stops import StopReason
+from tests import processes
 from tests.helpers import make_image, write
+from tests.processes import emulator_process
 from tests.runs import FakeSleep, emulated, lines, make_project, run
 
 
@@ -274,3 +276,33 @@ async def test_billed_504s_of_url_requests_are_settled_not_paid_again(tmp_path: 
         assert Counter(served.stats.charges.values()) == Counter({1: 27})  # none paid twice
         assert result.succeeded == 27 and result.possibly_billed == 0
     assert sum(1 for r in lines(out) if r.get("recovered")) == lost
+
+
+def test_help_says_asset_urls_are_public(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--upload-images upload each local image once" in text
+    assert "Off by default: asset URLs are PUBLIC" in text
+    assert "--storage-base URL" in text and "$SEGMIND_STORAGE_BASE" in text
+
+
+@pytest.mark.slow
+def test_the_cli_uploads_once_and_exits_3_when_it_cannot(tmp_path: Path) -> None:
+    m = make_project(tmp_path, images=2, prompts=2, seeds=1)
+    with emulator_process() as emu:
+        env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
+        ok = processes.batchgen("run", str(m), "--out", str(tmp_path / "out"),
+                                "--upload-images", "--no-progress", env=env)  # fmt: skip
+        out, err = ok.communicate(timeout=60)
+        assert ok.returncode == 0, err
+        assert "uploaded 2 images" in err and "public asset URLs" in err
+        assert (emu.stats()["uploads"], emu.stats()["requests_total"]) == (1, 4)
+        bad = processes.batchgen("run", str(m), "--out", str(tmp_path / "other"),
+                                 "--upload-images", "--no-progress", "--storage-base",
+                                 f"http://127.0.0.1:{_closed_port()}", env=env)  # fmt: skip
+        out, err = bad.communicate(timeout=60)
+        assert bad.returncode == 3, out + err
+        assert "cannot upload the input images" in out and "nothing sent" in out
+        assert "--upload-images --storage-base" in out  # the resume hint keeps them
+        assert emu.stats()["requests_total"] == 4
