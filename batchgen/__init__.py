@@ -5,6 +5,7 @@
     plan = batchgen.plan("jobs/grid.yaml", out="results")     # no network
     result = batchgen.run("jobs/grid.yaml", out="results")     # $SEGMIND_API_KEY
     summary = batchgen.report("results")                       # from ledgers alone
+    balance = batchgen.credits()                               # USD, $SEGMIND_API_KEY
 
 `run_async` is `run` for code already inside an event loop. The CLI (`batchgen ...`) is a
 thin client of these calls.
@@ -18,10 +19,12 @@ from batchgen.errors import (
     LedgerError,
     LockedError,
     Problem,
+    ServiceError,
     TransportError,
 )
 from batchgen.events import (
     Event,
+    ImagesUploaded,
     JobFinished,
     JobRetrying,
     JobStarted,
@@ -35,6 +38,8 @@ from batchgen.events import (
 from batchgen.grid import Job
 from batchgen.library import (
     RunResult,
+    credits,
+    credits_async,
     jobs,
     plan,
     reconcile,
@@ -57,6 +62,7 @@ __all__ = [
     "ApiStatusError",
     "BatchgenError",
     "Event",
+    "ImagesUploaded",
     "InputError",
     "Job",
     "JobFinished",
@@ -73,6 +79,7 @@ __all__ = [
     "RunPlanned",
     "RunResult",
     "RunStopping",
+    "ServiceError",
     "SettleReport",
     "Settled",
     "Stop",
@@ -81,6 +88,8 @@ __all__ = [
     "TransportError",
     "Verdict",
     "__version__",
+    "credits",
+    "credits_async",
     "jobs",
     "load_manifest",
     "plan",

@@ -6,7 +6,8 @@ Exit codes:
   2  bad input or usage: nothing was sent
   3  the run stopped early and can be resumed (bad key, no credits, unknown model,
      budget reached, the service unreachable past --outage-limit, interrupted), or did
-     not start: another run holds its ledger
+     not start: another run holds its ledger, or --upload-images could not upload;
+     `plan --credits`: the key was refused or the service could not be reached
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from batchgen import __version__, api, commands, library, retry, settle
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
-from batchgen.errors import InputError, LedgerError, LockedError
+from batchgen.errors import InputError, LedgerError, LockedError, ServiceError
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -87,7 +88,11 @@ def _add_gallery(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = _command(
-        subparsers, "plan", "dry run: jobs, what is done, what the rest will cost (no network)"
+        subparsers,
+        "plan",
+        "dry run: jobs, what is done, what the rest will cost (no network)",
+        epilog="--credits is the one option that uses the network: it reads the balance "
+        "with the key, as run does (SEGMIND_API_KEY or --api-key-file).",
     )
     plan.add_argument("manifest", type=Path, help="YAML manifest or CSV of jobs")
     where = plan.add_mutually_exclusive_group()
@@ -100,7 +105,37 @@ def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     plan.add_argument("--retry-failed", action="store_true", help="count failed jobs as to run")
     _add_shard_options(plan)
     plan.add_argument("--rpm-total", type=positive, help="the key's rate, over all shards")
+    _add_upload_options(plan, planning=True)
+    plan.add_argument(
+        "--credits",
+        action="store_true",
+        help="read the account's balance (network, with the key) and say whether it covers "
+        "the jobs to run",
+    )
+    plan.add_argument(
+        "--api-base", help=f"for --credits: default $SEGMIND_API_BASE, else {api.API_BASE}"
+    )
+    plan.add_argument(
+        "--api-key-file", type=Path, help="for --credits: read the key from this file"
+    )
     plan.set_defaults(handler=commands.cmd_plan)
+
+
+def _add_upload_options(parser: argparse.ArgumentParser, *, planning: bool = False) -> None:
+    if planning:
+        text = ("show what a run with --upload-images would upload (files, MB) and save "
+                "(base64 not sent); no network")  # fmt: skip
+    else:
+        text = ("upload each local image once, before sending, and send its URL instead of "
+                "its base64 (cached in OUT/.batchgen-assets.json). Off by default: asset URLs "
+                "are PUBLIC, anyone with one can fetch the image")  # fmt: skip
+    parser.add_argument("--upload-images", action="store_true", help=text)
+    parser.add_argument(
+        "--storage-base",
+        metavar="URL",
+        help="the asset storage for --upload-images (default $SEGMIND_STORAGE_BASE, else "
+        "https://workflows-api.segmind.com, or the root of a custom --api-base)",
+    )
 
 
 def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,6 +227,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         help="do not settle lost answers from the request history before sending",
     )
     _add_history_options(run)
+    _add_upload_options(run)
 
 
 def _add_history_options(parser: argparse.ArgumentParser) -> None:
@@ -283,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"batchgen: {err}", file=sys.stderr)
         return EXIT_USAGE
     except LockedError as err:  # another run holds the ledger: retrying later resumes
+        print(f"batchgen: {err}", file=sys.stderr)
+        return EXIT_STOPPED
+    except ServiceError as err:  # the service refused the key or could not be reached
         print(f"batchgen: {err}", file=sys.stderr)
         return EXIT_STOPPED
     except BrokenPipeError:  # `batchgen plan --list | head`

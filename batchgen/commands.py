@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
 
-from batchgen import events, ledger, library, retry, run_summary, settle, summaries
+from batchgen import account, events, ledger, library, retry, run_summary, settle, summaries
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.errors import InputError
 from batchgen.grid import describe
@@ -37,9 +38,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = library.plan(
         args.manifest, out=args.out, ledger=args.ledger, retry_failed=args.retry_failed,
         concurrency=args.concurrency, rpm=args.rpm, rpm_total=args.rpm_total,
-        shard=args.shard, shard_count=args.shard_count,
+        shard=args.shard, shard_count=args.shard_count, upload_images=args.upload_images,
+        api_base=args.api_base, storage_base=args.storage_base,
     )  # fmt: skip
-    print(json.dumps(plan.as_dict()) if args.json else render(plan))
+    if not args.credits:
+        print(json.dumps(plan.as_dict()) if args.json else render(plan))
+        return EXIT_OK
+    balance = library.credits(api_key_from_file(args), args.api_base)  # after the plan's checks
+    if args.json:
+        covered = account.covers(balance, plan.price, plan.to_run)
+        shown = None if math.isinf(balance) else balance
+        print(json.dumps({**plan.as_dict(), "credits": shown, "credits_cover": covered}))
+    else:
+        print(render(plan))
+        print(f"credits    {account.coverage_line(balance, plan.price, plan.to_run)}")
     return EXIT_OK
 
 
@@ -68,6 +80,7 @@ def run_options(args: argparse.Namespace) -> dict[str, object]:
         "wait_lock": args.wait_lock, "reconcile": not args.no_reconcile,
         "history_base": args.history_base, "history_lag": args.history_lag,
         "api": args.api, "typical_latency": args.typical_latency,
+        "upload_images": args.upload_images, "storage_base": args.storage_base,
     }  # fmt: skip
 
 
@@ -156,6 +169,8 @@ RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("--history-base", "history_base", None),
     ("--history-lag", "history_lag", settle.HISTORY_LAG_S),
     ("--no-reconcile", "no_reconcile", False),
+    ("--upload-images", "upload_images", False),
+    ("--storage-base", "storage_base", None),
     ("--confirm-above", "confirm_above", CONFIRM_ABOVE_USD),
     ("--retry-failed", "retry_failed", False),
     ("--no-progress", "no_progress", False),

@@ -5,6 +5,8 @@
     │                         (carries a list of Problem, all reported together)
     ├── LedgerError           a ledger that cannot be trusted (corrupt middle line)
     ├── LockedError           another run holds the ledger's lock: exit 3, nothing sent
+    ├── ServiceError          a side surface (the credit balance) refused the key or
+    │                         could not be reached: exit 3, nothing sent
     └── ApiError              something the service (or the wire) said
         ├── ApiStatusError    a non-200 answer: status, message, retry_after
         │   └── BadAnswerError  a 200 that is not a whole image: billed all the same
@@ -62,6 +64,15 @@ class LockedError(BatchgenError):
     """Another run holds the lock on the ledger this run would write (`runlock`).
     Nothing was read or sent: running now would resume from state that run is changing,
     and pay twice for whatever both sent."""
+
+
+class ServiceError(BatchgenError):
+    """A call beside the generation API (the credit balance) that the service refused or
+    that could not reach it. The message names the status or the failure, never the key."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class ApiError(BatchgenError):

@@ -76,10 +76,21 @@ class Settled:
     report: SettleReport
 
 
+@dataclass(frozen=True, slots=True)
+class ImagesUploaded:
+    """`upload_images`: before anything is sent, the local images of the jobs to run were
+    uploaded (`uploaded` of them now, `bytes` in all; `cached` uploaded before)."""
+
+    uploaded: int
+    bytes: int
+    cached: int
+
+
 Event = (
     LockWaiting
     | Settled
     | RunPlanned
+    | ImagesUploaded
     | JobStarted
     | JobRetrying
     | JobThrottled

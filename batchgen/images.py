@@ -3,7 +3,8 @@
     inspect_file   a file -> LocalImage (JPEG, PNG or WebP by its bytes, at most 10 MB)
     recorded       an image_file value as a ledger line or `plan --list` records it
     source         how any form of an image_file value is shown: a path or a URL
-    EncodedImages  base64 of local images, each read and encoded once, an LRU bounded by bytes
+    EncodedImages  base64 of local images, each read and encoded once, an LRU bounded by bytes;
+                   or, once uploaded (`--upload-images`), the asset URL that stands for one
 
 A local image is identified by the digest of its bytes, never by its path, so
 renaming a folder does not change any job's identity. Which files a manifest's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +83,8 @@ class EncodedImages:
     """Base64 of local images, each read and encoded once, held in an LRU bounded by bytes.
 
     A 5 MB photo used by a thousand jobs costs one read and one encode; a folder
-    of ten thousand photos does not fill memory.
+    of ten thousand photos does not fill memory. `urls` maps an image's digest to the
+    asset URL it was uploaded as (`batchgen.uploads`): a request then carries the URL.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
@@ -90,6 +93,20 @@ class EncodedImages:
         self.peak_bytes = 0
         self.encodes = 0
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self.urls: dict[str, str] = {}  # sha256 -> the asset URL it was uploaded as
+
+    def as_json(self, image: LocalImage) -> bytes:
+        """The image as a request's `image_file` JSON value: its asset URL when it has one,
+        else its base64."""
+        url = self.urls.get(image.sha256)
+        if url is not None:
+            return json.dumps(url).encode()
+        return b'"' + self.get(image) + b'"'
+
+    def clear(self) -> None:
+        """Drop every encoding held (the URLs stay)."""
+        self._cache.clear()
+        self.held_bytes = 0
 
     def get(self, image: LocalImage) -> bytes:
         cached = self._cache.get(image.sha256)

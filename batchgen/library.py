@@ -1,4 +1,4 @@
-"""The library's front door: `plan`, `run`, `run_async`, `report` (and `jobs`).
+"""The library's front door: `plan`, `run`, `run_async`, `report` (and `jobs`, `credits`).
 
 Every rule that keeps a user from paying twice lives behind these calls, not behind
 argparse: the run lock, resume state from every ledger under `out`, output paths that
@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 import yarl
 
 from batchgen import (
+    account,
     api,
     events,
     grid,
@@ -42,15 +43,17 @@ from batchgen import (
     settle,
     shard,
     summaries,
+    uploads,
 )
 from batchgen import history as history_client
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
+from batchgen.images import EncodedImages
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Sleep
-from batchgen.planning import Plan, make_plan
+from batchgen.planning import ImageTally, Plan, make_plan
 from batchgen.runner import RunOptions
 from batchgen.stops import Stop, StopReason
 
@@ -87,6 +90,7 @@ class RunResult:
     run_id: str | None = None  # None when nothing ran (not confirmed)
     settlement: settle.SettleReport | None = None  # what the request history settled first
     held_back: int = 0  # jobs not sent: an earlier request of theirs may still be billed
+    uploaded: int = 0  # local images uploaded by this run (upload_images=True)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class _Prepared:
     ledger_path: Path
     state: ledger.LedgerState
     plan: Plan
+    tally: ImageTally | None = None  # with upload_images: the images of the jobs to run
 
     def jobs(self) -> Iterator[Job]:
         return _shard_jobs(self.manifest, self.shard, check_paths=False)
@@ -117,17 +122,29 @@ def plan(
     rpm_total: float | None = None,
     shard: str | None = None,
     shard_count: int | None = None,
+    upload_images: bool = False,
+    api_base: str | None = None,
+    storage_base: str | None = None,
 ) -> Plan:
     """What a batch holds, what is already done (from every ledger in `out`, or the one
     `ledger`), what the rest will cost and about how long it takes. No network.
 
     `shard` ("I/N" or "auto") plans one shard; `shard_count` alone plans the split.
+    `upload_images`: also what a run with it would upload and save (`Plan.uploads`;
+    images uploaded before to the storage `storage_base`/`api_base` name, as the cache
+    under `out` says, are not counted again).
     Raises InputError (every problem of the manifest at once) or LedgerError."""
     owned = _shard(shard, shard_count)
+    out_path = _path(out)
+    tally = None
+    if upload_images:
+        storage = _storage_base(storage_base, _base(api_base))
+        tally = ImageTally(uploads.known(out_path, storage))
     return _prepare(
-        manifest, out=_path(out), ledger_file=_path(ledger), owned=owned,
+        manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
         retry_failed=retry_failed, concurrency=concurrency,
         rpm=_rate(rpm, rpm_total, owned), split_into=shard_count if owned is None else None,
+        tally=tally,
     ).plan  # fmt: skip
 
 
@@ -170,6 +187,8 @@ async def run_async(
     history_lag: float = settle.HISTORY_LAG_S,
     api: str = "v1",
     typical_latency: float = TYPICAL_LATENCY_S,
+    upload_images: bool = False,
+    storage_base: str | None = None,
     on_event: events.Listener | None = None,
     confirm: Callable[[Plan], bool] | None = None,
     handle_signals: bool = False,
@@ -201,12 +220,21 @@ async def run_async(
     downloaded; a resume polls the ids a killed run left and downloads what completed,
     before anything is sent (part of the settlement; `reconcile=False` skips it too).
 
+    `upload_images`: every local image the jobs to run use is uploaded once to the
+    asset storage (`storage_base`, else $SEGMIND_STORAGE_BASE, else Segmind's, or for a
+    custom `api_base` its root), after `confirm` and before any request, and requests
+    carry its URL instead of its base64. Asset URLs are public. URLs are cached in
+    `out/.batchgen-assets.json`, so a resume uploads nothing again. Job ids, plans and
+    ledgers are the same with it or without. A failed upload stops the run before
+    anything is sent (`StopReason.UPLOAD`).
+
     Raises InputError for bad input (nothing sent), LockedError when another run holds
     the ledger (nothing sent), LedgerError for a ledger that cannot be trusted."""
     emit = on_event or events.ignore
     key = _key(api_key)
     base = _base(api_base)
     queue_base = _queue_base(api, base)
+    storage = _storage_base(storage_base, base) if upload_images else None
     owned = _shard(shard, shard_count)
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
@@ -221,6 +249,7 @@ async def run_async(
         prepared = _prepare(
             manifest, out=out_path, ledger_file=_path(ledger), owned=owned,
             retry_failed=retry_failed, concurrency=concurrency, rpm=_rate(rpm, rpm_total, owned),
+            tally=ImageTally(uploads.known(out_path, storage)) if storage else None,
         )  # fmt: skip
         the_plan = prepared.plan
         _check_room(out_path, the_plan.to_run)
@@ -228,6 +257,23 @@ async def run_async(
         if confirm is not None and not confirm(the_plan):
             stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
             return RunResult(the_plan, out_path, ledger_path, stopped=stop, settlement=settled)
+        encoded = EncodedImages()
+        uploaded = 0
+        if storage is not None and prepared.tally is not None and prepared.tally.needed:
+            try:
+                done = await uploads.upload_images(
+                    prepared.tally.needed.values(), api_key=key, base=storage, out=out_path,
+                    encoded=encoded, sleep=sleep or asyncio.sleep,
+                )  # fmt: skip
+            except uploads.UploadError as err:
+                stop = Stop(StopReason.UPLOAD, f"cannot upload the input images: {err}; "
+                            "nothing sent")  # fmt: skip
+                return RunResult(the_plan, out_path, ledger_path, not_run=the_plan.to_run,
+                                 stopped=stop, settlement=settled)  # fmt: skip
+            encoded.urls.update(done.urls)
+            encoded.clear()  # the base64 is sent no more: the URLs stand for it
+            uploaded = done.uploaded
+            emit(events.ImagesUploaded(done.uploaded, done.uploaded_bytes, done.cached))
         seams: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         if clock is not None:
             seams["clock"] = clock
@@ -255,7 +301,7 @@ async def run_async(
             jobs = (job for job in prepared.jobs() if job.job_id not in held)
             batch = await run_batch(
                 config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
-                to_run=prepared.plan.to_run, **seams,
+                to_run=prepared.plan.to_run, images=encoded, **seams,
             )  # fmt: skip
             batches.append(batch)
             if not batch.totals.deferred or batch.totals.stopped is not None:
@@ -274,7 +320,7 @@ async def run_async(
                 retry_failed=retry_failed, concurrency=concurrency, rpm=rate,
             )  # fmt: skip
     result = _combined(batches, in_run, the_plan, out_path, ledger_path, the_plan.price)
-    return replace(result, settlement=settled, held_back=len(held))
+    return replace(result, settlement=settled, held_back=len(held), uploaded=uploaded)
 
 
 SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not billed
@@ -350,6 +396,22 @@ works from any thread. Returns the RunResult."""
 run.__name__ = run.__qualname__ = "run"
 
 
+# -- the credit balance ------------------------------------------------------------------
+
+
+async def credits_async(api_key: str | None = None, api_base: str | None = None) -> float:
+    """The account's credit balance in USD (`GET {api_base}/get-user-credits`): the key is
+    `api_key`, else $SEGMIND_API_KEY; the API `api_base`, else $SEGMIND_API_BASE, else
+    Segmind's. Free credits are not counted. Raises InputError (no key, a bad base) or
+    ServiceError (the key refused, the service unreachable or not making sense)."""
+    return await account.fetch_credits(api_key=_key(api_key), api_base=_base(api_base))
+
+
+credits = _blocking(credits_async)
+credits.__doc__ = """`credits_async`, for code that is not async: the balance in USD, a float."""
+credits.__name__ = credits.__qualname__ = "credits"
+
+
 # -- settlement ---------------------------------------------------------------------------
 
 SETTLE_POLL_S = 5.0  # between scans while some request is still pending or within the lag
@@ -387,6 +449,7 @@ async def reconcile_async(
     report = await settle.settle_out(
         paths, api_key=_key(api_key), history_base=_history_base(history_base, base),
         lag=history_lag, targets=targets, queue_base=queue_client.v2_base(base),
+        assets=uploads.digests_by_url([out_path]),
     )  # fmt: skip
     if report.unavailable is not None:
         log.warning("batchgen: %s; nothing settled", report.unavailable)
@@ -396,6 +459,21 @@ async def reconcile_async(
 reconcile = _blocking(reconcile_async)
 reconcile.__doc__ = """`reconcile_async`, for code that is not async. Returns the SettleReport."""
 reconcile.__name__ = reconcile.__qualname__ = "reconcile"
+
+
+def _storage_base(given: str | None, api_base: str) -> str:
+    """`given`, else $SEGMIND_STORAGE_BASE, else Segmind's asset storage; but for a custom
+    API base (an emulator, a proxy) without either, that base's root, as for the history."""
+    if given is None:
+        given = os.environ.get("SEGMIND_STORAGE_BASE") or None
+        where = "SEGMIND_STORAGE_BASE"
+    else:
+        where = "--storage-base"
+    if given is not None:
+        return _http_url(given, where, uploads.STORAGE_BASE).rstrip("/")
+    if api_base.rstrip("/") == api.API_BASE:
+        return uploads.STORAGE_BASE
+    return api_base.rstrip("/").removesuffix("/v1")
 
 
 def _history_base(given: str | None, api_base: str) -> str:
@@ -434,7 +512,7 @@ async def _settle_first(
     for _ in range(SETTLE_MAX_SCANS):
         report = await settle.settle_out(
             paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
-            queue_base=queue_base, sleep=pause,
+            queue_base=queue_base, sleep=pause, assets=uploads.digests_by_url([out]),
         )  # fmt: skip
         total = report if total is None else _merged(total, report)
         if report.unavailable is not None:
@@ -519,15 +597,16 @@ def _base(given: str | None) -> str:
         given, where = os.environ.get("SEGMIND_API_BASE"), "SEGMIND_API_BASE"
     if given is None:
         return api.API_BASE
+    return _http_url(given, where, f"{api.API_BASE} or http://127.0.0.1:8000/v1")
+
+
+def _http_url(given: str, where: str, example: str) -> str:
     try:
         url = yarl.URL(given.strip())
     except ValueError:
         url = None
     if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise InputError(
-            f"{where} {given!r} is not an http(s) URL with a host "
-            f"(e.g. {api.API_BASE} or http://127.0.0.1:8000/v1)"
-        )
+        raise InputError(f"{where} {given!r} is not an http(s) URL with a host (e.g. {example})")
     return given.strip()
 
 
@@ -608,6 +687,7 @@ def _prepare(
     concurrency: int | None,
     rpm: float | None,
     split_into: int | None = None,
+    tally: ImageTally | None = None,
 ) -> _Prepared:
     loaded = _load(source, out)
     ledger_path = _written_ledger(owned, out, ledger_file)
@@ -631,8 +711,9 @@ def _prepare(
         shard=str(owned) if owned else None,
         split_into=split_into,
         skipped=loaded.skipped,
+        tally=tally,
     )
-    return _Prepared(loaded, owned, ledger_path, state, the_plan)
+    return _Prepared(loaded, owned, ledger_path, state, the_plan, tally)
 
 
 def _not_owned_by_others(

@@ -7,18 +7,59 @@ files to tell done from missing), and touches no disk and no network.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from batchgen import api
 from batchgen.grid import Job
+from batchgen.images import LocalImage
 from batchgen.manifest import Skipped
 from batchgen.shard import shard_of
+from batchgen.uploads import data_url_size
 
 # What the ledgers say of a job: never seen; succeeded and its image intact; succeeded but
 # its image gone or changed (paid again); failed for good; anything else (run it again).
 Standing = Literal["new", "done", "missing", "failed_for_good", "again"]
+
+
+@dataclass(frozen=True)
+class UploadFigures:
+    """What `--upload-images` would do for the jobs to run."""
+
+    images: int  # distinct local images those jobs use
+    new: int  # of them, not uploaded before (the cache under --out): uploaded by the run
+    new_bytes: int  # their bytes
+    requests: int  # jobs to run that carry a local image
+    base64_bytes: int  # the base64 those requests would carry without the flag
+    saved_bytes: int  # base64 not sent with it: that, less the data URLs uploaded once
+
+
+class ImageTally:
+    """Collects, while a plan counts, the local images of the jobs to run (`needed`,
+    by digest: what a run with `--upload-images` uploads) and what they would weigh.
+    `known`: the digests uploaded before."""
+
+    def __init__(self, known: Container[str] = ()) -> None:
+        self.known = known
+        self.needed: dict[str, LocalImage] = {}
+        self.requests = 0
+        self.base64_bytes = 0
+
+    def add(self, image: object) -> None:
+        if isinstance(image, LocalImage):
+            self.needed.setdefault(image.sha256, image)
+            self.requests += 1
+            self.base64_bytes += 4 * math.ceil(image.size / 3)
+
+    def figures(self) -> UploadFigures:
+        new = [image for digest, image in self.needed.items() if digest not in self.known]
+        uploaded = sum(data_url_size(image) for image in new)
+        return UploadFigures(
+            images=len(self.needed), new=len(new), new_bytes=sum(i.size for i in new),
+            requests=self.requests, base64_bytes=self.base64_bytes,
+            saved_bytes=max(0, self.base64_bytes - uploaded),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,6 +78,7 @@ class Plan:
     shards: list[dict[str, int]] = field(default_factory=list)  # the split, per shard
     skipped: tuple[Skipped, ...] = ()  # input files left out: outputs are never inputs
     missing: int = 0  # succeeded before, but the image is gone or changed: paid again
+    uploads: UploadFigures | None = None  # with upload_images: what it uploads and saves
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,9 +113,11 @@ def make_plan(
     shard: str | None = None,
     split_into: int | None = None,
     skipped: tuple[Skipped, ...] = (),
+    tally: ImageTally | None = None,
 ) -> Plan:
     """Counts in one pass over the jobs; with `split_into` N, also the jobs and the jobs
-    still to run in each of N shards (what `plan --shard-count N` shows)."""
+    still to run in each of N shards (what `plan --shard-count N` shows); with `tally`,
+    the local images of the jobs to run are collected in it (`Plan.uploads`)."""
     total = done = failed = missing = 0
     split = [{"shard": i + 1, "jobs": 0, "to_run": 0} for i in range(split_into or 0)]
     for job in jobs:
@@ -86,6 +130,12 @@ def make_plan(
             missing += 1
         elif said == "failed_for_good" and not retry_failed:
             failed += 1
+        if (
+            tally is not None
+            and not finished
+            and not (said == "failed_for_good" and not retry_failed)
+        ):
+            tally.add(job.params.get("image_file"))  # a job to run
         if split:
             entry = split[shard_of(job.job_id, len(split)) - 1]
             entry["jobs"] += 1
@@ -106,6 +156,7 @@ def make_plan(
         shards=split,
         skipped=skipped,
         missing=missing,
+        uploads=tally.figures() if tally is not None else None,
     )
 
 
@@ -118,6 +169,32 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def upload_lines(figures: UploadFigures) -> list[str]:
+    """What `--upload-images` uploads and saves, for `plan`."""
+    if not figures.images:
+        return ["upload     nothing: the jobs to run use no local image"]
+    before = figures.images - figures.new
+    noun = "image" if figures.new == 1 else "images"
+    if figures.new:
+        text = (f"upload     {figures.new:,} {noun}, {megabytes(figures.new_bytes)}, once, "
+                "to public asset URLs")  # fmt: skip
+        if before:
+            text += f"; {before:,} more uploaded before"
+    else:
+        noun = "image" if before == 1 else "images"
+        text = f"upload     nothing new: {before:,} {noun} uploaded before"
+    requests = "request carries" if figures.requests == 1 else "requests carry"
+    return [
+        text,
+        f"saves      {megabytes(figures.saved_bytes)} of base64 not sent "
+        f"({figures.requests:,} {requests} a URL instead of {megabytes(figures.base64_bytes)})",
+    ]
 
 
 def render(plan: Plan) -> str:
@@ -145,6 +222,8 @@ def render(plan: Plan) -> str:
     lines.append(f"cost       ${plan.estimated_cost:,.2f} estimated for the jobs to run")
     if plan.estimated_seconds is not None:
         lines.append(f"time       about {format_duration(plan.estimated_seconds)}")
+    if plan.uploads is not None:
+        lines += upload_lines(plan.uploads)
     for entry in plan.shards:
         lines.append(
             f"shard {entry['shard']:<4} {entry['jobs']:,} jobs, {entry['to_run']:,} to run"

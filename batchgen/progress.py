@@ -53,6 +53,9 @@ class Progress:
                 for line in planned_lines(plan, cut, settled=self._settled):
                     self._write(line)
                 return
+            case events.ImagesUploaded(uploaded=count, bytes=size, cached=cached):
+                self._write(uploaded_line(count, size, cached))
+                return
             case events.LockWaiting(message=message):
                 self._write(message)
                 return
@@ -113,6 +116,18 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix_str(self._status())
             self._bar.close()
+
+
+def uploaded_line(count: int, size: int, cached: int) -> str:
+    """What `--upload-images` did before the first request."""
+    if not count:
+        before = "image" if cached == 1 else "images"
+        return f"{cached:,} {before} uploaded before: nothing to upload; requests carry URLs"
+    noun = "image" if count == 1 else "images"
+    text = f"uploaded {count:,} {noun} ({size / 1e6:,.1f} MB) once, to public asset URLs"
+    if cached:
+        text += f"; {cached:,} uploaded before"
+    return text + "; requests carry the URLs"
 
 
 def planned_lines(plan: Plan, cut_in_flight: int | None, *, settled: int = 0) -> list[str]:

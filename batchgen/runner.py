@@ -353,7 +353,7 @@ class Runner:
     def _body(self, job: Job) -> bytes:
         image = job.params["image_file"]
         if isinstance(image, LocalImage):
-            image_json = b'"' + self.images.get(image) + b'"'
+            image_json = self.images.as_json(image)  # its asset URL once uploaded
         else:
             image_json = json.dumps(image).encode()
         return api.encode_request(job.params, image_json)

@@ -62,7 +62,7 @@ from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
-from batchgen import api, ledger, metadata, outputs, queue_client, runlock
+from batchgen import api, ledger, metadata, outputs, queue_client, runlock, uploads
 from batchgen.errors import LedgerError, LockedError
 from batchgen.history import DownloadError, History, HistoryUnavailable, Row
 
@@ -210,13 +210,14 @@ def params_keys(params: Mapping[str, Any]) -> tuple[str, str]:
 
 def body_keys(body: Mapping[str, Any], cache: dict[str, str] | None = None) -> tuple[str, str]:
     """The same keys of a request body as sent (a base64 or data: image decoded and
-    hashed; `cache` keeps the digest of each image string already seen)."""
+    hashed; `cache` keeps the digest of each image string already seen, and may be
+    seeded with the asset URLs of uploaded images, `url -> "sha256:..."`)."""
     rest = _canonical({k: v for k, v in body.items() if k != "image_file"})
     image = body.get("image_file")
+    if isinstance(image, str) and cache is not None and image in cache:
+        return rest, cache[image]  # an asset URL batchgen uploaded is seeded in it
     if not isinstance(image, str) or api.is_url(image):
         return rest, _canonical(image)
-    if cache is not None and image in cache:
-        return rest, cache[image]
     payload = image.partition(",")[2] if image.startswith("data:") else image
     try:
         digest = "sha256:" + hashlib.sha256(base64.b64decode(payload, validate=True)).hexdigest()
@@ -497,12 +498,18 @@ class Settler:
         return decision
 
     async def settle_ledgers(
-        self, settle: Sequence[Path], read: Sequence[Path], targets: Targets | None = None
+        self,
+        settle: Sequence[Path],
+        read: Sequence[Path],
+        targets: Targets | None = None,
+        assets: Mapping[str, str] | None = None,
     ) -> SettleReport:
         """Settle every unsettled attempt in the ledgers `settle` (whose run locks the
         caller holds), with `read` (every ledger of the out folder) for what is done and
-        which ids are claimed. Appends lines; rewrites nothing. Never raises for the
-        history: an unreadable one is `SettleReport.unavailable`."""
+        which ids are claimed. `assets` (url -> sha256), with the asset cache beside each
+        ledger, names the images requests carried as uploaded URLs (`--upload-images`).
+        Appends lines; rewrites nothing. Never raises for the history: an unreadable one
+        is `SettleReport.unavailable`."""
         everything = sorted({*read, *settle})
         view = read_view(everything)
         mine = {str(p) for p in settle}
@@ -532,7 +539,8 @@ class Settler:
                         by_id[rid] = found
         except HistoryUnavailable as err:
             return SettleReport(unavailable=str(err), history_calls=self.history.calls)
-        by_job = _rows_by_job(view, {a.job_id for a in attempts}, rows, claimed)
+        known = {**uploads.digests_by_url(p.parent for p in everything), **(assets or {})}
+        by_job = _rows_by_job(view, {a.job_id for a in attempts}, rows, claimed, known)
         decisions: list[Decision] = []
         for job_id in sorted({a.job_id for a in attempts}):
             job_attempts = [a for a in view.attempts[job_id] if str(a.ledger) in mine]
@@ -749,10 +757,15 @@ def settled_line(decision: Decision) -> dict[str, Any]:
 
 
 def _rows_by_job(
-    view: LedgerView, jobs: set[str], rows: Sequence[Row], claimed: set[str]
+    view: LedgerView,
+    jobs: set[str],
+    rows: Sequence[Row],
+    claimed: set[str],
+    assets: Mapping[str, str] | None = None,
 ) -> dict[str, list[Row]]:
     """The unclaimed rows whose bodies are each job's: the parameters compared first,
-    so only a candidate's image is decoded and hashed."""
+    so only a candidate's image is decoded and hashed; an uploaded image's URL
+    (`assets`, url -> sha256) stands for its digest."""
     wanted: dict[str, dict[str, list[str]]] = {}  # rest -> image -> jobs
     for job_id in jobs:
         params = next((a.params for a in view.attempts[job_id] if a.params), None)
@@ -761,7 +774,7 @@ def _rows_by_job(
         rest, image = params_keys(params)
         wanted.setdefault(rest, {}).setdefault(image, []).append(job_id)
     found: dict[str, list[Row]] = {}
-    cache: dict[str, str] = {}
+    cache = {url: "sha256:" + digest for url, digest in (assets or {}).items()}
     for row in rows:
         if row.body is None or row.request_id in claimed:
             continue
@@ -829,10 +842,12 @@ async def settle_out(
     queue_base: str | None = None,
     queue_wait: float = QUEUE_WAIT_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    assets: Mapping[str, str] | None = None,
 ) -> SettleReport:
     """One settlement pass over the ledgers `paths` of an out folder: those this process
     holds or can lock are settled, the rest only read. With `queue_base` (the v2 base),
-    recorded v2 request ids are polled first (`Settler.collect_queued`)."""
+    recorded v2 request ids are polled first (`Settler.collect_queued`). `assets`: see
+    `settle_ledgers`."""
     with lockable(paths, held) as usable:
         skipped = tuple(str(p) for p in paths if p not in usable)
         async with History(api_key=api_key, base=history_base) as history:
@@ -843,7 +858,7 @@ async def settle_out(
                     usable, paths, targets, queue_base, wait=queue_wait, sleep=sleep
                 )
             try:
-                report = await settler.settle_ledgers(usable, paths, targets)
+                report = await settler.settle_ledgers(usable, paths, targets, assets)
             except HistoryUnavailable as err:  # never into a run
                 report = SettleReport(unavailable=str(err))
             report = first.then(report)

@@ -25,6 +25,7 @@ class StopReason(enum.Enum):
     WRITE_FAILURE = "write_failure"  # an image or the ledger could not be written
     NOT_CONFIRMED = "not_confirmed"  # the person at the terminal said no: nothing sent
     SERVICE = "service"  # any other answer that makes every job fail
+    UPLOAD = "upload"  # --upload-images: the images could not be uploaded; nothing sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ SCRIPTS = (
     "bench.bench_images",  # target 6
     "bench.bench_settlement",  # settlement: nothing paid twice on a night of billed 504s
     "bench.bench_v2",  # --api v2: polls per image
+    "bench.bench_upload",  # target 7
 )
 
 

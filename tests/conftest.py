@@ -12,6 +12,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in (
         "SEGMIND_API_KEY",
         "SEGMIND_API_BASE",
+        "SEGMIND_STORAGE_BASE",
         "JOB_COMPLETION_INDEX",
         "SLURM_ARRAY_TASK_ID",
         "SLURM_ARRAY_TASK_COUNT",
