@@ -9,7 +9,8 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from batchgen.errors import LedgerError
 from batchgen.grid import Job
 from batchgen.images import EncodedImages
 from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.ledger_sink import LedgerSink
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
 from batchgen.runner import Runner, RunOptions, RunTotals
@@ -36,6 +38,7 @@ class BatchConfig:
     rpm: float | None = None
     timeout: float = retry.REQUEST_TIMEOUT_S
     shard: str | None = None
+    writer: Callable[[], AbstractAsyncContextManager[LedgerSink]] | None = None  # a store's
 
 
 @dataclass
@@ -61,10 +64,12 @@ async def run_batch(
     run_id = uuid.uuid4().hex
     began = time.monotonic()
     async with (
-        LedgerWriter(config.ledger_path) as ledger,
+        config.writer() if config.writer else LedgerWriter(config.ledger_path) as ledger,
         make_session(config.options.concurrency, timeout=config.timeout) as session,
     ):
-        if config.ledger_path in state.cut:  # the last run was killed: its temp files stay
+        if (
+            config.ledger_path in state.cut and not config.writer
+        ):  # the last run was killed: its temp files stay
             await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
         runner = Runner(

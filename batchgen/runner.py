@@ -31,8 +31,9 @@ from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
-from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
+from batchgen.ledger import LedgerState, WriteFailure
 from batchgen.ledger import unwritten as ledger_unwritten
+from batchgen.ledger_sink import LedgerSink
 from batchgen.pacing import Pacer, RetryBudget, Sleep
 from batchgen.stops import Stop, StopReason
 
@@ -69,7 +70,7 @@ class Runner:
         model: str,
         price: float,
         client: Client,
-        ledger: LedgerWriter,
+        ledger: LedgerSink,
         state: LedgerState,
         out: Path,
         options: RunOptions,
@@ -160,14 +161,15 @@ class Runner:
                 self.totals.not_run += 1
                 return
             attempt += 1
-            if not self._note(
+            self._reserved += self.price  # now: a store's started line is awaited
+            if not await self._note(
                 {"job_id": job.job_id, "status": "started", "attempt": attempt,
                  "price": self.price, "params": params}
             ):  # fmt: skip
+                self._reserved -= self.price
                 self.pacer.release_turn()  # no evidence of the request, so no request
                 self.totals.not_run += 1
                 return
-            self._reserved += self.price
             outcome = await self._attempt(job, params, body, attempt)
             if outcome is None:
                 return
@@ -332,18 +334,18 @@ class Runner:
     ) -> None:
         """Close the attempt in the ledger: what went wrong and whether it may have cost."""
         status, message = _describe_error(error)
-        self._note(
+        await self._note(
             {"job_id": job.job_id, "status": "retry", "attempt": attempt, "http_status": status,
              "error": message, "billed": billed, "cost": self._cost(billed), "delay": delay}
         )  # fmt: skip
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
 
-    def _note(self, record: dict[str, Any]) -> bool:
+    async def _note(self, record: dict[str, Any]) -> bool:
         """A line that need not wait for the disk (`started`, `retry`); False, and the run
         stops, when the ledger cannot take it."""
         try:
-            self.ledger.append_now(record)
+            await self.ledger.note(record)
         except LedgerError as err:
             self.request_stop(StopReason.WRITE_FAILURE, str(err))
             return False
