@@ -23,11 +23,23 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import yarl
 
-from batchgen import api, events, grid, ledger, manifest, outputs, retry, runlock, shard, summaries
+from batchgen import (
+    api,
+    events,
+    grid,
+    ledger,
+    manifest,
+    objstore,
+    outputs,
+    retry,
+    runlock,
+    shard,
+    summaries,
+)  # fmt: skip
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import InputError, Problem
 from batchgen.grid import Job
@@ -51,8 +63,8 @@ class RunResult:
     has `succeeded == 0` and `skipped_done == plan.jobs`, and sent nothing."""
 
     plan: Plan
-    out: Path
-    ledger: Path
+    out: Path | str  # a str for an object store's URL (`s3://bucket/prefix`)
+    ledger: Path | str
     succeeded: int = 0
     failed: int = 0
     skipped_done: int = 0  # done by an earlier run, its image still on disk
@@ -70,7 +82,9 @@ class RunResult:
     run_id: str | None = None  # None when nothing ran (not confirmed)
 
     @classmethod
-    def of(cls, batch: BatchResult, plan: Plan, out: Path, ledger_path: Path) -> RunResult:
+    def of(
+        cls, batch: BatchResult, plan: Plan, out: Path | str, ledger_path: Path | str
+    ) -> RunResult:
         t = batch.totals
         return cls(
             plan, out, ledger_path, t.succeeded, t.failed, t.skipped_done, t.skipped_failed,
@@ -115,6 +129,14 @@ def plan(
     `shard` ("I/N" or "auto") plans one shard; `shard_count` alone plans the split.
     Raises InputError (every problem of the manifest at once) or LedgerError."""
     owned = _shard(shard, shard_count)
+    if objstore.is_url(out):  # an object store: batchgen.remote
+        from batchgen import remote
+
+        _no_ledger_option(ledger)
+        return remote.plan(
+            str(out), manifest, owned=owned, retry_failed=retry_failed, concurrency=concurrency,
+            rpm=_rate(rpm, rpm_total, owned), split_into=shard_count if owned is None else None,
+        )  # fmt: skip
     return _prepare(
         manifest, out=_path(out), ledger_file=_path(ledger), owned=owned,
         retry_failed=retry_failed, concurrency=concurrency,
@@ -178,6 +200,19 @@ async def run_async(
     key = _key(api_key)
     base = _base(api_base)
     owned = _shard(shard, shard_count)
+    if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
+        from batchgen import remote
+
+        _no_ledger_option(ledger)
+        hooks: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+        if clock is not None:
+            hooks["clock"] = clock
+        return await remote.run(
+            str(out), manifest, api_key=key, api_base=base, owned=owned,
+            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed),
+            rpm=_rate(rpm, rpm_total, owned), timeout=timeout, wait_lock=wait_lock, emit=emit,
+            confirm=confirm, handle_signals=handle_signals, seams=hooks,
+        )  # fmt: skip
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
     async with _locked(ledger_path, wait_lock, emit):  # before any state is read
@@ -244,14 +279,24 @@ run.__name__ = run.__qualname__ = "run"
 
 def report(*ledgers: str | os.PathLike[str]) -> summaries.Summary:
     """What happened, from ledgers alone: ledger files, or folders standing for every
-    `ledger*.jsonl` in them (the current folder when none is given)."""
-    return summaries.summarize(ledger_files([Path(item) for item in ledgers]))
+    `ledger*.jsonl` in them (the current folder when none is given), or object store
+    URLs (`s3://bucket/prefix`: every ledger's segments there)."""
+    return summaries.summarize(
+        ledger_files([str(item) if objstore.is_url(item) else Path(item) for item in ledgers])
+    )
 
 
-def ledger_files(given: list[Path]) -> list[Path]:
-    """Ledger files, or folders standing for every ledger*.jsonl in them."""
+def ledger_files(given: list[Path | str]) -> list[Path]:
+    """Ledger files, or folders standing for every ledger*.jsonl in them; a store URL
+    stands for the ledgers under it (read whole, for the readers of ledger files)."""
     paths: list[Path] = []
     for item in given or [Path(".")]:
+        if isinstance(item, str) and objstore.is_url(item):
+            from batchgen import remote
+
+            paths += cast(list[Path], remote.ledgers_at(item))
+            continue
+        item = Path(item)
         found = ledger.ledgers_in(item) if item.is_dir() else [item] if item.exists() else []
         if not found:
             raise InputError(f"{item}: no ledger there (looked for ledger*.jsonl)")
@@ -328,6 +373,12 @@ async def _locked(ledger_path: Path, wait: float, emit: events.Listener) -> Asyn
         lock.__exit__(None, None, None)
 
 
+def _no_ledger_option(given: object) -> None:
+    if given is not None:
+        raise InputError("--ledger cannot be given with an object store --out: its ledgers "
+                         "live under the prefix")  # fmt: skip
+
+
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else Path(value)
 
@@ -382,7 +433,11 @@ def _prepare(
 
 
 def _not_owned_by_others(
-    jobs: Iterator[Job], owners: dict[str, tuple[str, ledger.JobRecord]], out: Path, display: str
+    jobs: Iterator[Job],
+    owners: dict[str, tuple[str, ledger.JobRecord]],
+    out: Path,
+    display: str,
+    exists: Callable[[Path], bool] = Path.exists,
 ) -> Iterator[Job]:
     """The jobs, checked against the images the ledgers in `out` already own: another
     manifest (or an edited one) writing over a paid image would pay for it again each
@@ -396,7 +451,7 @@ def _not_owned_by_others(
             if owner is None or owner[0] == job.job_id:
                 continue
             other, record = owner
-            if record.output_path is None or not record.output_path.exists():
+            if record.output_path is None or not exists(record.output_path):
                 continue
             problems.append(
                 f"{display}: job {job.job_id[:12]} would overwrite {out / path}, the image of "
