@@ -425,6 +425,10 @@ class LedgerWriter:
         self._wake.set()
         return waiter
 
+    async def settle(self, committed: asyncio.Future[WriteFailure | None]) -> None:
+        """Until `committed` (a `submit`'s future) is on disk: see `ledger_sink`."""
+        await asyncio.wait([committed])
+
     async def drain(self) -> None:
         """Wait until everything submitted so far is on disk (commits are in order)."""
         if self._last is not None and not self._last.done():

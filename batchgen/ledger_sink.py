@@ -30,4 +30,10 @@ class LedgerSink(Protocol):
         self, record: dict[str, Any], *, output: tuple[str, bytes] | None = None
     ) -> asyncio.Future[WriteFailure | None]: ...
 
+    async def settle(self, committed: asyncio.Future[WriteFailure | None]) -> None:
+        """Wait as the money invariant needs after a `succeeded` line was submitted: a
+        local writer until it is on disk; a store's not at all, since the worker's next
+        request waits for its `started` line, in the same segment or a later one
+        (commits are in order), so one segment carries both."""
+
     async def drain(self) -> None: ...

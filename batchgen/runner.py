@@ -162,13 +162,17 @@ class Runner:
                 return
             attempt += 1
             self._reserved += self.price  # now: a store's started line is awaited
-            if not await self._note(
+            noted = await self._note(
                 {"job_id": job.job_id, "status": "started", "attempt": attempt,
                  "price": self.price, "params": params}
-            ):  # fmt: skip
+            )  # fmt: skip
+            if not noted or self.stopping:  # a store's commit may have stopped the run
                 self._reserved -= self.price
                 self.pacer.release_turn()  # no evidence of the request, so no request
                 self.totals.not_run += 1
+                if noted:
+                    await self._note({"job_id": job.job_id, "status": "interrupted",
+                                      "error": "not sent: the run stopped"})  # fmt: skip
                 return
             outcome = await self._attempt(job, params, body, attempt)
             if outcome is None:
@@ -294,7 +298,7 @@ class Runner:
         # both are durable: the money invariant.
         committed = self.ledger.submit(record, output=(target, body))
         committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
-        await asyncio.wait([committed])  # not cancelled with the worker: still counted
+        await self.ledger.settle(committed)  # not cancelled with the worker: still counted
 
     def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
         """What the image file itself will remember (never the key)."""
