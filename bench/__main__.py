@@ -17,6 +17,7 @@ SCRIPTS = (
     "bench.bench_ratelimit",  # targets 3 and 4
     "bench.bench_scale",  # target 5
     "bench.bench_images",  # target 6
+    "bench.bench_object_store",  # --out s3://: throughput and requests per image
 )
 
 

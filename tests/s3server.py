@@ -119,6 +119,9 @@ class Proxy:
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/_proxy/counts":
+            with self._lock:
+                return web.json_response(dict(self.counts))
         body = await request.read()
         kind = request.method
         if kind == "PUT" and ".jsonl.d/" in request.path:
@@ -194,3 +197,24 @@ def proxy(upstream: str) -> Iterator[Proxy]:
         yield served
     finally:
         served.stop()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.s3server proxy UPSTREAM`: a counting proxy in a process of its own
+    (benchmarks: no GIL shared with what it measures); prints its URL, serves its counts
+    at GET /_proxy/counts, runs until stdin closes."""
+    import sys
+
+    if argv[:1] != ["proxy"] or len(argv) != 2:
+        print("usage: python -m tests.s3server proxy UPSTREAM", file=sys.stderr)
+        return 2
+    with proxy(argv[1]) as served:
+        print(served.url, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
