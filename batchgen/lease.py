@@ -120,7 +120,7 @@ class Lease:
             except Conflict:
                 self._lose(f"{self.url} was taken over by another run")
                 return
-            except OSError as err:
+            except Exception as err:  # the store's own errors, botocore's among them
                 if time.monotonic() - renewed > self.term * 0.75:
                     self._lose(f"cannot renew {self.url}: {err}")
                     return
@@ -139,7 +139,7 @@ class Lease:
                 await self._task
         if self.lost is not None or self._tag is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             current = await self.store.read_versioned(self.key)
             if current is not None and current[1] == self._tag:
                 await self.store.remove([self.key])

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from batchgen.errors import InputError, LedgerError
+from batchgen.errors import BatchgenError, InputError, LedgerError
 
 log = logging.getLogger("batchgen")
 
@@ -459,7 +459,9 @@ async def load(
     try:
         listing = await store.listing(location.root)
         return await read_ledgers(store, listing, folder), listing
-    except OSError as err:
+    except BatchgenError:
+        raise
+    except Exception as err:  # the store's own errors, botocore's among them
         raise InputError(f"{location}: cannot read: {err}") from None
     finally:
         await store.close()

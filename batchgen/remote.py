@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from batchgen import events, grid, ledger, library, objstore, summaries
 from batchgen.batch import BatchConfig, run_batch
-from batchgen.errors import InputError, LedgerError
+from batchgen.errors import BatchgenError, InputError, LedgerError
 from batchgen.grid import Job
 from batchgen.lease import Lease
 from batchgen.manifest import Manifest
@@ -80,7 +80,9 @@ async def _prepare(
     try:
         listing = await store.listing(location.root)
         ledgers = await objstore.read_ledgers(store, listing)
-    except OSError as err:
+    except BatchgenError:
+        raise
+    except Exception as err:  # the store's own errors, botocore's among them
         raise InputError(f"{location}: cannot read the store: {err}; nothing sent") from None
     state = StoreState(objects=listing)
     for stored in ledgers:
@@ -133,7 +135,9 @@ async def run(
 
         try:
             await lease.acquire(ledger_url, wait=wait_lock, on_wait=waiting)
-        except OSError as err:
+        except BatchgenError:
+            raise
+        except Exception as err:  # no bucket, no credentials, no endpoint: nothing was sent
             raise InputError(f"{location}: cannot write the store: {err}; nothing sent") from None
         try:
             return await _run_leased(
@@ -336,7 +340,7 @@ def read_object(url: str) -> bytes:
 
     try:
         data = blocking(go())
-    except OSError as err:
+    except Exception as err:
         raise InputError(f"{url}: cannot read: {err}") from None
     if data is None:
         raise InputError(f"{url}: no such object")

@@ -107,6 +107,13 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def _stopped_while_noting(self) -> bool:
+        """While a store's `started` line was being written, the run stopped for a reason
+        that sends nothing more (a failed write, a signal, the key): not sent. A budget
+        stop is not one: this request's price was reserved within the cap before."""
+        stopped = self.totals.stopped
+        return stopped is not None and stopped.reason is not StopReason.BUDGET
+
     async def run(self, jobs: Any) -> RunTotals:
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.options.concurrency)
         async with asyncio.TaskGroup() as group:
@@ -166,7 +173,7 @@ class Runner:
                 {"job_id": job.job_id, "status": "started", "attempt": attempt,
                  "price": self.price, "params": params}
             )  # fmt: skip
-            if not noted or self.stopping:  # a store's commit may have stopped the run
+            if not noted or self._stopped_while_noting():
                 self._reserved -= self.price
                 self.pacer.release_turn()  # no evidence of the request, so no request
                 self.totals.not_run += 1

@@ -218,9 +218,9 @@ class SegmentWriter:
         for attempt in range(self.attempts):
             try:
                 await self.store.put(key, content)
-            except OSError as err:
+            except Exception as err:  # a store's errors are not all OSErrors (botocore's)
                 if attempt + 1 >= self.attempts:
-                    return WriteFailure(url, OSError(err.errno or 0, _why(err)))
+                    return WriteFailure(url, OSError(getattr(err, "errno", 0) or 0, _why(err)))
                 await asyncio.sleep(self.backoff * 2**attempt)
                 continue
             self.images += 1
@@ -240,7 +240,7 @@ class SegmentWriter:
                     f"{self.store.location.url(key)} was written by another run: this run "
                     "no longer holds the ledger's lease; stopping"
                 ) from None
-            except OSError as err:
+            except Exception as err:  # a store's errors are not all OSErrors (botocore's)
                 if attempt + 1 >= self.attempts:
                     raise LedgerError(
                         f"{self.store.location.url(key)}: cannot write the ledger: {_why(err)}"
@@ -255,7 +255,7 @@ class SegmentWriter:
             self._kept_bytes += len(data)
 
     async def _is_ours(self, key: str, data: bytes) -> bool:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             return await self.store.get(key) == data
         return False
 
@@ -280,5 +280,5 @@ class SegmentWriter:
         return len(covered)
 
 
-def _why(err: OSError) -> str:
-    return err.strerror or str(err) or type(err).__name__
+def _why(err: Exception) -> str:
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__

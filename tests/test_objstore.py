@@ -485,3 +485,35 @@ def test_two_processes_on_one_shard_the_second_exits_3(
                 first.send_signal(signal.SIGTERM)
             first.communicate(timeout=60)
         assert first.returncode == 3
+
+
+def test_a_store_that_cannot_be_reached_or_written_is_exit_2_with_nothing_sent(
+    tmp_path: Path, s3_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchgen.cli import main
+
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    key = tmp_path / "key"
+    key.write_text("k")
+    args = ["run", str(m), "--api-key-file", str(key), "--api-base", "http://127.0.0.1:9/v1"]
+    assert main([*args, "--out", "s3://no-such-bucket-here/x"]) == 2
+    err = capsys.readouterr().err
+    assert "s3://no-such-bucket-here/x: cannot write the store" in err and "nothing sent" in err
+    os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # nothing listens there
+    try:
+        assert main([*args, "--out", "s3://b/x"]) == 2
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = s3_endpoint
+    assert "s3://b/x: cannot write the store" in capsys.readouterr().err
+
+
+async def test_the_budget_holds_on_a_store_as_on_disk(tmp_path: Path, bucket: str) -> None:
+    """A store's started line is awaited, so the price is reserved before it: the cap
+    holds, and a worker whose price fit is not stopped by another's budget stop."""
+    m = make_project(tmp_path, images=2, prompts=2, seeds=2)
+    async with emulated() as served:
+        result = await run(m, served, f"s3://{bucket}/cap", concurrency=4, max_cost=0.15)
+        billed = served.stats.as_json()["billed_total"]
+    assert result.stopped is not None and result.stopped.reason is StopReason.BUDGET
+    assert result.succeeded == billed == result.requests == 2 and result.spent <= 0.15
+    assert batchgen.report(f"s3://{bucket}/cap").requests == 2
