@@ -517,3 +517,24 @@ async def test_the_budget_holds_on_a_store_as_on_disk(tmp_path: Path, bucket: st
     assert result.stopped is not None and result.stopped.reason is StopReason.BUDGET
     assert result.succeeded == billed == result.requests == 2 and result.spent <= 0.15
     assert batchgen.report(f"s3://{bucket}/cap").requests == 2
+
+
+async def test_the_lease_without_s3s_conditions_falls_back_to_read_compare_write(
+    bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Store, "is_s3", property(lambda self: False))
+    store = await Store.open(Location.parse(f"s3://{bucket}/nocond"))
+    store.exclusive = False
+    try:
+        first = Lease(store, f"{bucket}/nocond/ledger.jsonl.lease", term_s=30)
+        await first.acquire("s3://x/ledger.jsonl")
+        with pytest.raises(LockedError, match="in use by pid"):
+            await Lease(store, f"{bucket}/nocond/ledger.jsonl.lease", term_s=30).acquire("x")
+        found = await store.read_versioned(f"{bucket}/nocond/ledger.jsonl.lease")
+        assert found is not None and found[2] is None  # no server clock: the holder's own
+        await store.put(f"{bucket}/nocond/ledger.jsonl.lease", b"{}")  # someone else's now
+        with pytest.raises(Conflict):
+            await store.replace(f"{bucket}/nocond/ledger.jsonl.lease", b"{}", found[1])
+        await first.release()
+    finally:
+        await store.close()
