@@ -67,9 +67,7 @@ async def run_batch(
         config.writer() if config.writer else LedgerWriter(config.ledger_path) as ledger,
         make_session(config.options.concurrency, timeout=config.timeout) as session,
     ):
-        if (
-            config.ledger_path in state.cut and not config.writer
-        ):  # the last run was killed: its temp files stay
+        if config.ledger_path in state.cut and not config.writer:  # killed: temp files stay
             await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
         runner = Runner(
