@@ -9,7 +9,8 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from batchgen.errors import LedgerError
 from batchgen.grid import Job
 from batchgen.images import EncodedImages
 from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.ledger_sink import LedgerSink
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
 from batchgen.queue_client import QueueClient
@@ -40,6 +42,7 @@ class BatchConfig:
     shard: str | None = None
     api: str = "v1"  # "v2": the queue (submit, poll, download; batchgen/queue_client.py)
     typical_latency: float = TYPICAL_LATENCY_S  # v2: when a request is first polled
+    writer: Callable[[], AbstractAsyncContextManager[LedgerSink]] | None = None  # a store's
 
 
 @dataclass
@@ -68,10 +71,10 @@ async def run_batch(
     run_id = uuid.uuid4().hex
     began = time.monotonic()
     async with (
-        LedgerWriter(config.ledger_path) as ledger,
+        config.writer() if config.writer else LedgerWriter(config.ledger_path) as ledger,
         make_session(config.options.concurrency, timeout=config.timeout) as session,
     ):
-        if config.ledger_path in state.cut:  # the last run was killed: its temp files stay
+        if config.ledger_path in state.cut and not config.writer:  # killed: temp files stay
             await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
         client = (

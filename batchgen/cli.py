@@ -22,6 +22,7 @@ from batchgen import __version__, api, commands, library, retry, settle
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError, LockedError, ServiceError
+from batchgen.objstore import location_arg
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_inspect(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     inspect = _command(subparsers, "inspect", "print the parameters an image was made with")
-    inspect.add_argument("image", type=Path, help="an image batchgen wrote")
+    inspect.add_argument("image", type=location_arg, help="an image batchgen wrote")
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=commands.cmd_inspect)
 
@@ -81,8 +82,12 @@ def _add_gallery(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     gallery = _command(
         subparsers, "gallery", "write a self-contained HTML contact sheet from ledgers"
     )
-    gallery.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
-    gallery.add_argument("-o", "--output", type=Path, help="default: gallery.html by the ledger")
+    gallery.add_argument(
+        "ledgers", type=location_arg, nargs="*", help="ledger files or output folders"
+    )
+    gallery.add_argument(
+        "-o", "--output", type=location_arg, help="default: gallery.html by the ledger"
+    )
     gallery.set_defaults(handler=commands.cmd_gallery)
 
 
@@ -96,7 +101,9 @@ def _add_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     plan.add_argument("manifest", type=Path, help="YAML manifest or CSV of jobs")
     where = plan.add_mutually_exclusive_group()
-    where.add_argument("--out", type=Path, help="output folder: reads every ledger in it")
+    where.add_argument(
+        "--out", type=location_arg, help="output folder or s3:// URL: reads every ledger in it"
+    )
     where.add_argument("--ledger", type=Path, help="one ledger file to compare against")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.add_argument("--list", action="store_true", help="stream the jobs as JSON lines")
@@ -153,7 +160,9 @@ def _add_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument(
+        "--out", type=location_arg, required=True, help="output folder, or s3://bucket/prefix"
+    )
     run.add_argument("--ledger", type=Path, help="ledger file (default OUT/ledger.jsonl)")
     run.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     run.add_argument("--api-key-file", type=Path, help="read the key from this file")
@@ -262,7 +271,7 @@ def _add_shard_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_report(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rep = _command(subparsers, "report", "summarise one or more ledgers (or folders)")
-    rep.add_argument("ledgers", type=Path, nargs="*", help="ledger files or output folders")
+    rep.add_argument("ledgers", type=location_arg, nargs="*", help="ledger files or output folders")
     rep.add_argument("--json", action="store_true", help="print one JSON object")
     rep.set_defaults(handler=commands.cmd_report)
 

@@ -12,7 +12,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from batchgen import account, events, ledger, library, retry, run_summary, settle, summaries
+from batchgen import (
+    account,
+    events,
+    ledger,
+    library,
+    objstore,
+    retry,
+    run_summary,
+    settle,
+    summaries,
+)
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.errors import InputError
 from batchgen.grid import describe
@@ -119,13 +129,17 @@ def confirmed(args: argparse.Namespace, plan: Plan) -> bool:
 GALLERY_AUTO_MAX_JOBS = 5000  # above this, a contact sheet is made on request only
 
 
-def refresh_gallery(out: Path, jobs: int) -> str:
+def refresh_gallery(out: Path | str, jobs: int) -> str:
     """Rewrite the contact sheet after a run; a failure here never fails the run."""
     from batchgen import gallery
 
     if jobs > GALLERY_AUTO_MAX_JOBS:
         return f"not refreshed for {jobs:,} jobs: `batchgen gallery {out}` makes one"
     try:
+        if isinstance(out, str):  # an object store's URL
+            from batchgen import remote
+
+            return remote.write_gallery(out)
         return str(gallery.write_gallery(ledger.ledgers_in(out)))
     except (OSError, ValueError, InputError) as err:
         return f"(not written: {err})"
@@ -261,7 +275,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from batchgen import metadata
 
-    meta = metadata.read_file(args.image)
+    if objstore.is_url(args.image):  # an image on an object store
+        from batchgen import remote
+
+        meta = metadata.read(remote.read_object(args.image))
+        if meta is None:
+            raise InputError(f"{args.image}: no batchgen parameters found")
+    else:
+        meta = metadata.read_file(args.image)
     if args.json:
         print(json.dumps(meta, ensure_ascii=False, sort_keys=True))
         return EXIT_OK
@@ -276,6 +297,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from batchgen import gallery
 
+    if any(objstore.is_url(item) for item in [*args.ledgers, args.output]):
+        from batchgen import remote
+
+        if len(args.ledgers) != 1 or not objstore.is_url(args.ledgers[0]):
+            raise InputError("a store's gallery is made from one URL: batchgen gallery s3://b/p")
+        print(f"gallery     {remote.write_gallery(args.ledgers[0], args.output)}")
+        return EXIT_OK
     paths = library.ledger_files(args.ledgers)
     try:
         written = gallery.write_gallery(paths, args.output)

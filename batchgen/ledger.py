@@ -86,6 +86,10 @@ def encode(record: dict[str, Any]) -> bytes:
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line) for every whole line, streamed. A last line without its
     newline is torn (a crash mid-write) and skipped, as the writer cuts it."""
+    own = getattr(path, "ledger_lines", None)
+    if own is not None:  # a ledger read from an object store (objstore.StoredLedger)
+        yield from own()
+        return
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -413,6 +417,10 @@ class LedgerWriter:
             raise self._failed from None
         self._dirty = True
 
+    async def note(self, record: dict[str, Any]) -> None:
+        """`append_now`, as `ledger_sink.LedgerSink` has it (a store's writer awaits)."""
+        self.append_now(record)
+
     async def write(self, record: dict[str, Any]) -> None:
         """Append a line and wait until it is on disk. Raises LedgerError."""
         await asyncio.shield(self.submit(record))
@@ -432,6 +440,10 @@ class LedgerWriter:
         self._last = waiter
         self._wake.set()
         return waiter
+
+    async def settle(self, committed: asyncio.Future[WriteFailure | None]) -> None:
+        """Until `committed` (a `submit`'s future) is on disk: see `ledger_sink`."""
+        await asyncio.wait([committed])
 
     async def drain(self) -> None:
         """Wait until everything submitted so far is on disk (commits are in order)."""

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import yarl
 
@@ -36,6 +36,7 @@ from batchgen import (
     grid,
     ledger,
     manifest,
+    objstore,
     outputs,
     queue_client,
     retry,
@@ -71,8 +72,8 @@ class RunResult:
     has `succeeded == 0` and `skipped_done == plan.jobs`, and sent nothing."""
 
     plan: Plan
-    out: Path
-    ledger: Path
+    out: Path | str  # a str for an object store's URL (`s3://bucket/prefix`)
+    ledger: Path | str
     succeeded: int = 0
     failed: int = 0
     skipped_done: int = 0  # done by an earlier run, its image still on disk
@@ -91,6 +92,18 @@ class RunResult:
     settlement: settle.SettleReport | None = None  # what the request history settled first
     held_back: int = 0  # jobs not sent: an earlier request of theirs may still be billed
     uploaded: int = 0  # local images uploaded by this run (upload_images=True)
+
+    @classmethod
+    def of(
+        cls, batch: BatchResult, plan: Plan, out: Path | str, ledger_path: Path | str
+    ) -> RunResult:
+        t = batch.totals
+        return cls(
+            plan, out, ledger_path, t.succeeded, t.failed, t.skipped_done, t.skipped_failed,
+            t.not_run, t.unwritten, round(t.spent, 6), round(t.possibly_billed, 6), t.requests,
+            t.throttled, dict(t.failures), t.remaining_credits, t.stopped, batch.seconds,
+            batch.run_id,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,14 @@ def plan(
     under `out` says, are not counted again).
     Raises InputError (every problem of the manifest at once) or LedgerError."""
     owned = _shard(shard, shard_count)
+    if objstore.is_url(out):  # an object store: batchgen.remote
+        from batchgen import remote
+
+        _no_ledger_option(ledger)
+        return remote.plan(
+            str(out), manifest, owned=owned, retry_failed=retry_failed, concurrency=concurrency,
+            rpm=_rate(rpm, rpm_total, owned), split_into=shard_count if owned is None else None,
+        )  # fmt: skip
     out_path = _path(out)
     tally = None
     if upload_images:
@@ -236,6 +257,19 @@ async def run_async(
     queue_base = _queue_base(api, base)
     storage = _storage_base(storage_base, base) if upload_images else None
     owned = _shard(shard, shard_count)
+    if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
+        from batchgen import remote
+
+        _no_ledger_option(ledger)
+        hooks: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
+        if clock is not None:
+            hooks["clock"] = clock
+        return await remote.run(
+            str(out), manifest, api_key=key, api_base=base, owned=owned,
+            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed, outage_limit),
+            rpm=_rate(rpm, rpm_total, owned), timeout=timeout, wait_lock=wait_lock, emit=emit,
+            confirm=confirm, handle_signals=handle_signals, seams=hooks,
+        )  # fmt: skip
     out_path = Path(out)
     ledger_path = _written_ledger(owned, out_path, _path(ledger))
     async with _locked(ledger_path, wait_lock, emit):  # before any state is read
@@ -562,14 +596,24 @@ class _LazyTargets(settle.Targets):
 
 def report(*ledgers: str | os.PathLike[str]) -> summaries.Summary:
     """What happened, from ledgers alone: ledger files, or folders standing for every
-    `ledger*.jsonl` in them (the current folder when none is given)."""
-    return summaries.summarize(ledger_files([Path(item) for item in ledgers]))
+    `ledger*.jsonl` in them (the current folder when none is given), or object store
+    URLs (`s3://bucket/prefix`: every ledger's segments there)."""
+    return summaries.summarize(
+        ledger_files([str(item) if objstore.is_url(item) else Path(item) for item in ledgers])
+    )
 
 
-def ledger_files(given: list[Path]) -> list[Path]:
-    """Ledger files, or folders standing for every ledger*.jsonl in them."""
+def ledger_files(given: list[Path | str]) -> list[Path]:
+    """Ledger files, or folders standing for every ledger*.jsonl in them; a store URL
+    stands for the ledgers under it (read whole, for the readers of ledger files)."""
     paths: list[Path] = []
     for item in given or [Path(".")]:
+        if isinstance(item, str) and objstore.is_url(item):
+            from batchgen import remote
+
+            paths += cast(list[Path], remote.ledgers_at(item))
+            continue
+        item = Path(item)
         found = ledger.ledgers_in(item) if item.is_dir() else [item] if item.exists() else []
         if not found:
             raise InputError(f"{item}: no ledger there (looked for ledger*.jsonl)")
@@ -661,6 +705,12 @@ async def _locked(ledger_path: Path, wait: float, emit: events.Listener) -> Asyn
         lock.__exit__(None, None, None)
 
 
+def _no_ledger_option(given: object) -> None:
+    if given is not None:
+        raise InputError("--ledger cannot be given with an object store --out: its ledgers "
+                         "live under the prefix")  # fmt: skip
+
+
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else Path(value)
 
@@ -717,7 +767,11 @@ def _prepare(
 
 
 def _not_owned_by_others(
-    jobs: Iterator[Job], owners: dict[str, tuple[str, ledger.JobRecord]], out: Path, display: str
+    jobs: Iterator[Job],
+    owners: dict[str, tuple[str, ledger.JobRecord]],
+    out: Path,
+    display: str,
+    exists: Callable[[Path], bool] = Path.exists,
 ) -> Iterator[Job]:
     """The jobs, checked against the images the ledgers in `out` already own: another
     manifest (or an edited one) writing over a paid image would pay for it again each
@@ -731,7 +785,7 @@ def _not_owned_by_others(
             if owner is None or owner[0] == job.job_id:
                 continue
             other, record = owner
-            if record.output_path is None or not record.output_path.exists():
+            if record.output_path is None or not exists(record.output_path):
                 continue
             problems.append(
                 f"{display}: job {job.job_id[:12]} would overwrite {out / path}, the image of "

@@ -34,8 +34,9 @@ from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
-from batchgen.ledger import LedgerState, LedgerWriter, WriteFailure
+from batchgen.ledger import LedgerState, WriteFailure
 from batchgen.ledger import unwritten as ledger_unwritten
+from batchgen.ledger_sink import LedgerSink
 from batchgen.pacing import Pacer, RetryBudget, Sleep, until
 from batchgen.planning import format_duration
 from batchgen.queue_client import QueueClient
@@ -77,7 +78,7 @@ class Runner:
         model: str,
         price: float,
         client: Client,
-        ledger: LedgerWriter,
+        ledger: LedgerSink,
         state: LedgerState,
         out: Path,
         options: RunOptions,
@@ -125,6 +126,13 @@ class Runner:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def _stopped_while_noting(self) -> bool:
+        """While a store's `started` line was being written, the run stopped for a reason
+        that sends nothing more (a failed write, a signal, the key): not sent. A budget
+        stop is not one: this request's price was reserved within the cap before."""
+        stopped = self.totals.stopped
+        return stopped is not None and stopped.reason is not StopReason.BUDGET
 
     async def run(self, jobs: Any) -> RunTotals:
         """Run the jobs. Cancelled (a second signal), it cuts the requests in flight;
@@ -211,14 +219,19 @@ class Runner:
                 started["resend"] = True  # the same attempt, sent again: it never arrived
             if probe:
                 started["probe"] = True  # the one request an open breaker lets through
-            if not self._note({**started, "price": self.price, "params": params}):
+            self._reserved += self.price  # now: a store's started line is awaited
+            noted = await self._note({**started, "price": self.price, "params": params})
+            if not noted or self._stopped_while_noting():
+                self._reserved -= self.price
                 self.pacer.release_turn()  # no evidence of the request, so no request
                 self.breaker.release(probe=probe)
+                if noted:
+                    await self._note({"job_id": job.job_id, "status": "interrupted",
+                                      "error": "not sent: the run stopped"})  # fmt: skip
                 return
             if not counted:  # once per job: resends, 429s and outages are not first attempts
                 counted = True
                 self.budget.first_attempt()
-            self._reserved += self.price
             outcome = await self._attempt(job, params, body, attempt, fresh=resend)
             resend = False
             if outcome is None:
@@ -331,7 +344,7 @@ class Runner:
             return error, billed, sent_at
         except asyncio.CancelledError:  # a second signal cut it: it may have been billed
             self.totals.possibly_billed += self.price
-            self._note(
+            await self._note(  # the local writer's note never suspends: it is written now
                 {"job_id": job.job_id, "status": "interrupted", "http_status": None,
                  "error": "cut short: the run was aborted by a second signal",
                  "billed": "maybe", "cost": self.price, "params": params}
@@ -391,7 +404,7 @@ class Runner:
         # both are durable: the money invariant.
         committed = self.ledger.submit(record, output=(target, body))
         committed.add_done_callback(functools.partial(self._committed, job.job_id, output))
-        await asyncio.wait([committed])  # not cancelled with the worker: still counted
+        await self.ledger.settle(committed)  # not cancelled with the worker: still counted
 
     def _provenance(self, job: Job, params: dict[str, Any], answer: Answer) -> dict[str, Any]:
         """What the image file itself will remember (never the key)."""
@@ -442,15 +455,15 @@ class Runner:
         record = {"job_id": job.job_id, "status": "retry", "attempt": attempt,
                   "http_status": status, "error": message, "billed": billed,
                   "cost": self._cost(billed), "delay": delay}  # fmt: skip
-        self._note({**record, "outage": True} if outage else record)
+        await self._note({**record, "outage": True} if outage else record)
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
 
-    def _note(self, record: dict[str, Any]) -> bool:
+    async def _note(self, record: dict[str, Any]) -> bool:
         """A line that need not wait for the disk (`started`, `retry`); False, and the run
         stops, when the ledger cannot take it."""
         try:
-            self.ledger.append_now(record)
+            await self.ledger.note(record)
         except LedgerError as err:
             self.request_stop(StopReason.WRITE_FAILURE, str(err))
             return False

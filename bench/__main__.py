@@ -20,6 +20,7 @@ SCRIPTS = (
     "bench.bench_settlement",  # settlement: nothing paid twice on a night of billed 504s
     "bench.bench_v2",  # --api v2: polls per image
     "bench.bench_upload",  # target 7
+    "bench.bench_object_store",  # --out s3://: throughput and requests per image
 )
 
 
