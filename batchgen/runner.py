@@ -242,6 +242,10 @@ class Runner:
             if retry.is_outage(error):
                 if self.breaker.failed(retry.outage_reason(error), probe=probe):
                     # the service is unreachable: the outage's failure, not the job's
+                    if billed == "maybe" and self.options.defer_ambiguous:
+                        await self._interrupted(job, params, error, billed)  # a 504 may
+                        self.totals.deferred += 1  # have been billed: settle, not resend
+                        return
                     await self._retrying(job, error, billed, attempt, None, outage=True)
                     attempt -= 1
                     if self.breaker.given_up:

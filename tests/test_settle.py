@@ -322,3 +322,16 @@ def test_settled_lines_name_their_attempt(tmp_path: Path) -> None:
     assert line["settles"] == {"started": "2026-01-01T00:00:00.000Z", "attempt": 2}
     assert (line["billed"], line["cost"], line["status"]) == ("no", 0.0, "settled")
     assert json.loads(ledger.encode(line))  # one JSON line
+
+
+async def test_an_outage_of_billed_504s_is_settled_not_resent(tmp_path: Path) -> None:
+    """Six billed 504s in a row open the circuit breaker (an outage by its look); each
+    may have been billed, so none is sent again before the history says."""
+    m = make_project(tmp_path, images=2, prompts=2, seeds=2)
+    fingerprints = job_fingerprints(m)
+    async with emulated(script=(504,) * 6, billed_504_share=1.0) as served:
+        result = await run(m, served, tmp_path / "out", concurrency=4, sleep=FakeSleep())
+        assert served.stats.by_status.get(504, 0) == 6
+        assert charged(served, fingerprints) == Counter({1: len(fingerprints)})
+    assert result.succeeded == len(fingerprints) and result.possibly_billed == 0
+    assert result.spent == pytest.approx(served.stats.spent)
