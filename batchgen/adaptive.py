@@ -58,12 +58,14 @@ Clock = Callable[[], float]
 class Flow:
     BETA = 0.9
     PROBE_REQUESTS = 40
+    K_MIN_REQUESTS = 10
     K_MIN_RTT, K_MAX_RTT = 1.0, 10.0  # the climb back to W, in round trips
     MIN_RATE = 0.05  # requests/s
     INITIAL_WINDOW = 2
     MARGIN = 1.0  # requests in flight beyond rate x latency
     CATCH_UP = 0.5  # how late (in spacings) a request the window held may go, on schedule
-    TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks
+    TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks ...
+    TOLERANCE_SHARE = 0.01  # ... and never more than 1% of a spacing (scale-free)
     MAX_GROWTH = 2.0
     SLOW_START_PACE = 1.5  # slow start sends its window over 2/3 of a round trip
     CEILING_PROBE_RTT = 4  # round trips at the ceiling before it grows by one
@@ -152,7 +154,9 @@ class Flow:
         rate = self.current_rate(now)
         if math.isinf(rate):
             return 0.0
-        return max(0.0, self._due + 1.0 / rate - self.TOLERANCE_S - now)
+        spacing = 1.0 / rate
+        early = self._early(spacing)
+        return max(0.0, self._due + spacing - early - now)
 
     def _window_opens(self, now: float) -> float:
         """When the window, full now, grows by itself: the oldest request's age, past the
@@ -168,6 +172,13 @@ class Flow:
             return math.inf
         return max(needed - age, 1e-3)
 
+    def _early(self, spacing: float) -> float:
+        """How early a request may go: timer ticks at high rates (epoll sleeps in whole
+        milliseconds), 1% of a spacing at low ones (so it is the same at every scale)."""
+        if spacing < 20 * self.TOLERANCE_S:
+            return self.TOLERANCE_S
+        return self.TOLERANCE_SHARE * spacing
+
     def take(self) -> None:
         """The caller sends now. Its slot is 1/rate after the last one's; one the window
         held back may go up to half a spacing late and keep the schedule; an idle pool
@@ -180,7 +191,8 @@ class Flow:
             spacing = 1.0 / rate
             due = self._due + spacing
             earliest = now - self.CATCH_UP * spacing if self._held else now
-            self._due = min(max(due, earliest), now + self.TOLERANCE_S)
+            early = self._early(spacing)
+            self._due = min(max(due, earliest), now + early)
         self._held = False
         self._flying.append((now, self.in_flight))
         _push(self._sends, now, self.HISTORY)
@@ -197,8 +209,11 @@ class Flow:
         if not self._flying:
             return 0
         if sent_at is not None:
-            for n, (when, others) in enumerate(self._flying):
-                if when == sent_at:
+            # the last one taken at or before it: the caller reads its clock after `take`
+            # (nothing else is taken in between: no await there)
+            for n in range(len(self._flying) - 1, -1, -1):
+                when, others = self._flying[n]
+                if when <= sent_at:
                     del self._flying[n]
                     return others
         return self._flying.popleft()[1]
@@ -246,12 +261,17 @@ class Flow:
             self._cwnd = max(1.0, min(self._cwnd, float(others)))
             self.rate_429s += 1
             return "rate"
-        max_ok = max(self._oks, default=0)
-        if (self.throttled or self.fixed) and others >= 1 and (
-            others > max_ok or others >= self.ceiling
+        # Answers are counted when read, after the service freed the slot, so a request
+        # let through may count one or two more in flight than the service did: a high
+        # quantile, not the most (with --rpm the rate is known, so lean to the cap).
+        ok = _quantile(self._oks, 0.75 if self.fixed else 0.9) if self._oks else 0
+        if (
+            (self.throttled or self.fixed)
+            and others >= 1
+            and (others > ok or others >= self.ceiling)
         ):
-            # more in flight than any recent request let through had, or the ceiling's
-            # count: the cap
+            # more in flight than nearly every recent request let through had, or the
+            # ceiling's count: the cap
             self._confirmed = self._confirmed or self.ceiling <= others + 1
             self.ceiling = max(1.0, min(self.ceiling, float(others)))
             self._credit = 0
@@ -264,12 +284,19 @@ class Flow:
         since = now - window
         refused = sum(1 for when in self._refused if when >= since)  # 429s come back unordered
         let_through = _count_since(self._sends, since) - refused
-        # what got through, or (when sends were held back, by slow start's window or the
-        # ceiling, and measure less than the limit) nearly the rate it was refused at
-        accepted = max(let_through / window, self.BETA * self.current_rate(now), self.MIN_RATE)
+        # what got through; leaving slow start, nearly the rate it was refused at (a
+        # real limit is measured by the next cut, a round trip on)
+        accepted = max(let_through / window, self.MIN_RATE)
+        if let_through < 2 and len(self._answers) >= 2:  # too few to say: the last answers'
+            accepted = max(accepted, 2.0 / max(now - self._answers[-2], 1e-3))
+        if not self.throttled:  # slow start's window held its sends back: it measures low
+            accepted = max(accepted, self.BETA * self.current_rate(now))
         self._w_max = accepted
         rtt = self._round_trip
-        self._k = min(self.K_MAX_RTT * rtt, max(self.K_MIN_RTT * rtt, self.PROBE_REQUESTS / accepted))
+        # 40 requests' worth, within 1..10 round trips (or 10 requests, when fewer than
+        # one is in flight: then requests, not round trips, are what a climb is made of)
+        longest = max(self.K_MAX_RTT * rtt, self.K_MIN_REQUESTS / accepted)
+        self._k = min(longest, max(self.K_MIN_RTT * rtt, self.PROBE_REQUESTS / accepted))
         self._last_cut = now
         self.throttled = True
         self._set(accepted * self.BETA)
@@ -287,12 +314,12 @@ class Flow:
         self.rate = max(self.MIN_RATE, rate)
 
 
-def CubicRate(*, clock: Clock = time.monotonic) -> Flow:  # noqa: N802 (the old name)
+def CubicRate(*, clock: Clock = time.monotonic) -> Flow:
     """The adaptive flow, as it was first called."""
     return Flow(clock=clock)
 
 
-def _quantile(samples: deque[float], q: float) -> float:
+def _quantile(samples: deque[float] | deque[int], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
