@@ -1,43 +1,48 @@
-"""A client-side rate that finds the server's limit when nobody says what it is.
+"""How many requests go out, and how fast: a rate and a window of requests in flight.
 
-Modelled on the AWS SDKs' "adaptive" retry mode (CUBIC, as TCP uses for its window):
+Little's law ties them: to send R requests a second to a service that takes L seconds
+to answer, R x L of them are in flight. So the number in flight is controlled, not a
+fixed pool's size: `Flow` holds a rate (given by --rpm, or found, below) and lets a
+request go when its turn at that rate has come *and* fewer than the window are in
+flight, where
 
-- slow start: until the first 429, the rate is 8 requests/s doubled every half
-  second, or twice the rate answers come back, whichever is higher; and beside
-  that rate, TCP's slow start: one more request in flight for every answer.
-  A pool of 32 workers does not open with 30 refusals, yet a fast service is at
-  full speed within a few round trips (the in-flight window, clocked by its
-  answers) and a slow one (latency-bound) within about two seconds (the rate);
-- on a 429: W = the rate at which requests sent over the last round trip (at least
-  a second) were let through, counted by when they were sent (so a limit on
-  requests in flight, whose refusals come back at once and whose successes come
-  back 11 s later, is measured as well as a token bucket), and the rate drops to
-  0.7 W; one cut per round trip, since the answers to requests sent before a cut
-  say nothing new. In the run's first second that window holds a request or two
-  and measures nothing (one 429 as the very first answer read as "nothing gets
-  through" and cut to 3 a minute): W is then at least the slow-start rate the
-  request was sent at, K half a second and the in-flight ceiling left unset, so an
-  early 429 is a brief slow-down and a real limit is measured a round trip later;
-- on every other answer: rate(t) = W (1 + 0.3 ((t - K) / K)^3), t the seconds
-  since the cut: a climb back to W that flattens out near it, then a probe above.
-  Unlike TCP and the SDKs, K is counted in requests (K = 40 / W s, within 1..10 s), so a
-  5/s limit and a 20/s one spend the same small share of requests above the limit;
-- beside the rate, after the first 429: a ceiling on requests in flight, set to
-  those in flight at each cut and raised by one every four round trips (AIMD on a
-  window, as TCP's congestion avoidance): a limit on requests in flight (Ideogram's
-  ~10) is then held at, not probed every round trip. In simulation at 11 s a
-  request, 32 workers against a cap of 10 get 97% of it with 2.3% of requests
-  answered 429 (83% and 9.4% on the rate alone); against Segmind Pro's 50 a minute,
-  5.8% answered 429 instead of 19%;
-- never more than twice the rate answers arrive at (over a round trip, at least a
-  second: at 11 s a request, a one-second window mostly sees no answer at all and
-  would starve the pool), nor below 3 requests a minute.
+    window = min(ceil(rate x L + 1), the in-flight ceiling, max_in_flight)
 
-Requests are spaced evenly at 1/rate, GCRA style, with a tolerance of 5 ms: at
-5/s that is a bucket of one token, no bursts for the server's token bucket to
-punish; at 1,000/s it lets five go together. Without it, pacing is bound by the
-event loop's timers (epoll sleeps in whole milliseconds): measured at 880 jobs/s
-against a server that could answer 2,700.
+L is the p90 of recent successes' latencies (or the age of the oldest request in
+flight, when that is longer: before the first answer it is all there is), the
+ceiling is what 429s have shown the service allows in flight (Ideogram's ~10 per
+organisation), and `max_in_flight` is --concurrency, the pool's size, which bounds
+the money a crash can cost. At 11 s an image and Segmind Pro's 50 a minute that is
+about 10 in flight; at 1,200 a minute, the ceiling.
+
+Every constant about time is in round trips (the smoothed latency of successes) or in
+requests, never in seconds, so the controller behaves the same at 11 s an image as at
+1.1 s (the tests simulate both scales).
+
+The rate. With --rpm it is that, exactly: requests are spaced at 60/rpm (GCRA), with
+no start-up burst; a request the window held back may go up to half a spacing late and
+the next keeps the original schedule (so a window that is briefly full costs no
+throughput), while an idle pool earns no burst. Without --rpm it is found:
+
+- slow start (until the first 429): a window of 2, one more for every answer (it
+  doubles every round trip, as TCP's), paced at twice the window per round trip;
+- a 429 is told apart from the in-flight cap: it is the cap when it came with at
+  least as many requests in flight as any request that was let through (the in-flight
+  count is then the ceiling, and the rate is left alone); otherwise it is the rate.
+  The first 429 of slow start cannot be told apart (both grow together there), so it
+  is taken for both, the ceiling provisionally;
+- on a rate 429, once per round trip (the answers to requests sent before a cut say
+  nothing new): W = the rate at which requests sent over the last round trip (or the
+  last 10 sends, if longer) were let through, counted by when they were sent; the rate
+  drops to 0.9 W (a token bucket keeps no queue to drain: sending just under its rate
+  is enough), then climbs back CUBIC-style, rate(t) = W (1 + 0.1 ((t - K) / K)^3),
+  K = 40 requests' worth at W, within 1..10 round trips: a climb that flattens out
+  near W, then a probe above it;
+- the ceiling grows by one after 4 round trips of being what held the pool back
+  without a 429 (16 once a 429 has confirmed it), so a cap is held at, not probed every
+  round trip;
+- never more than twice the rate answers arrive at (over a round trip), nor below 3
+  requests a minute.
 """
 
 from __future__ import annotations
@@ -50,127 +55,273 @@ from collections.abc import Callable
 Clock = Callable[[], float]
 
 
-class CubicRate:
-    BETA = 0.7
+class Flow:
+    BETA = 0.9
     PROBE_REQUESTS = 40
-    K_MIN_S, K_MAX_S = 1.0, 10.0  # seconds: long climbs would starve slow, long-latency runs
+    K_MIN_REQUESTS = 10
+    K_MIN_RTT, K_MAX_RTT = 1.0, 10.0  # the climb back to W, in round trips
     MIN_RATE = 0.05  # requests/s
-    START_RATE = 8.0
-    SLOW_START_DOUBLING_S = 0.5
-    RAMP_EVERY_S = 0.02  # how often slow start recomputes its rate
-    TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks
+    INITIAL_WINDOW = 2
+    MARGIN = 1.0  # requests in flight beyond rate x latency
+    CATCH_UP = 0.5  # how late (in spacings) a request the window held may go, on schedule
+    TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks ...
+    TOLERANCE_SHARE = 0.01  # ... and never more than 1% of a spacing (scale-free)
     MAX_GROWTH = 2.0
-    CEILING_GROWTH = 0.25  # in-flight ceiling: +1 every 4 round trips' worth of answers
+    SLOW_START_PACE = 1.5  # slow start sends its window over 2/3 of a round trip
+    CEILING_PROBE_RTT = 4  # round trips at the ceiling before it grows by one
+    CEILING_CONFIRMED_RTT = 16  # ... once a 429 has confirmed it
+    MEASURE_SENDS = 10  # W is measured over at least this many sends
+    SAMPLES = 64  # latencies kept for the p90
     HISTORY = 10_000  # timestamps kept for the rate estimates
 
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        rpm: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        max_in_flight: int | None = None,
+    ) -> None:
         self._clock = clock
-        self.throttled = False  # no 429 seen yet: slow start
-        self.rate = self.START_RATE
+        self.fixed = rpm is not None
+        self.rate = rpm / 60.0 if rpm else math.inf  # slow start paces by the window
+        self.max_in_flight = float(max_in_flight) if max_in_flight else math.inf
+        self.throttled = False  # a rate 429 seen (adaptive: slow start is over)
         self._started = clock()
-        self._next_ramp = self._started
+        self._cwnd = float(self.INITIAL_WINDOW)  # slow start's window
         self._w_max = 0.0
         self._k = 1.0
         self._last_cut = -math.inf
-        self._scheduled = -math.inf  # when the last request was due (GCRA's virtual time)
+        self._due = -math.inf  # when the last request was due (GCRA's virtual time)
+        self._held = False  # a request is waiting because the window is full
+        self._ceiling_held = False  # ... and the ceiling is why
         self._answers: deque[float] = deque()  # when answers (any but 429) arrived
         self._sends: deque[float] = deque()  # when requests were sent
         self._refused: deque[float] = deque()  # when the requests answered 429 were sent
-        self._in_flight = 0
+        self._flying: deque[tuple[float, int]] = deque()  # (sent at, others in flight then)
+        self._latencies: deque[float] = deque(maxlen=self.SAMPLES)
+        self._p90 = 0.0
         self._round_trip = 0.0  # smoothed seconds from send to answer (as TCP's SRTT)
-        self._slow_start_allowance = 0  # slow start: in flight allowed beyond the rate's say
-        self._ceiling = math.inf  # after a 429: no more in flight than this
+        self.ceiling = math.inf  # what 429s have shown the service allows in flight
+        self._confirmed = False  # a 429 came at the ceiling: it is the cap
+        self._credit = 0  # successes while the ceiling held the pool back
+        self._oks: deque[int] = deque(maxlen=self.SAMPLES)  # others in flight, let through
+        self.cap_429s = self.rate_429s = 0
+
+    # -- what the pool asks -------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flying)
+
+    @property
+    def round_trip(self) -> float:
+        return self._round_trip
+
+    def latency(self, now: float | None = None) -> float:
+        """L of Little's law: the p90 of recent successes, or the oldest request's age
+        when longer (at most twice the p90; before any answer, all there is)."""
+        now = self._clock() if now is None else now
+        oldest = now - self._flying[0][0] if self._flying else 0.0
+        if not self._p90:
+            return oldest
+        return max(self._p90, min(oldest, 2.0 * self._p90))
+
+    def window(self, now: float | None = None) -> float:
+        """Requests that may be in flight now."""
+        now = self._clock() if now is None else now
+        if not self.fixed and not self.throttled:
+            wanted = self._cwnd
+        else:
+            wanted = math.ceil(self.current_rate(now) * self.latency(now) + self.MARGIN)
+        return max(1.0, min(wanted, self.ceiling, self.max_in_flight))
+
+    def current_rate(self, now: float | None = None) -> float:
+        if not self.fixed and not self.throttled:  # slow start: twice the window a round trip
+            if not self._round_trip:
+                return math.inf
+            return self.SLOW_START_PACE * self._cwnd / self._round_trip
+        return self.rate
 
     def delay(self) -> float:
-        """Seconds until the next request may go, at the rate as it is now (a waiter
-        asks again, so a rate that grows while it waits shortens its wait)."""
+        """Seconds until the next request may go; math.inf: when an answer comes back (a
+        waiter asks again then, so a rate that grows while it waits shortens its wait)."""
         now = self._clock()
-        if not self.throttled and now >= self._next_ramp:
-            self._next_ramp = now + self.RAMP_EVERY_S
-            elapsed = now - self._started
-            by_time = self.START_RATE * 2 ** min(elapsed / self.SLOW_START_DOUBLING_S, 30)
-            window = min(max(elapsed, self.RAMP_EVERY_S), 1.0)
-            by_answers = self.MAX_GROWTH * _count_since(self._answers, now - window) / window
-            self.rate = max(by_time, by_answers)
-        if not self.throttled and self._in_flight < self._slow_start_allowance:
+        window = self.window(now)
+        if self.in_flight >= window:
+            self._held = True
+            self._ceiling_held = window >= self.ceiling
+            return self._window_opens(now)
+        rate = self.current_rate(now)
+        if math.isinf(rate):
             return 0.0
-        wait = max(0.0, self._scheduled + 1.0 / self.rate - self.TOLERANCE_S - now)
-        if self._in_flight + 1 > self._ceiling:  # full: ask again about when one answers
-            return max(wait, min(1.0, max(0.01, self._round_trip / self._ceiling)))
-        return wait
+        spacing = 1.0 / rate
+        early = self._early(spacing)
+        return max(0.0, self._due + spacing - early - now)
+
+    def _window_opens(self, now: float) -> float:
+        """When the window, full now, grows by itself: the oldest request's age, past the
+        p90, lengthens L; else only an answer opens it."""
+        if self.window(now) >= min(self.ceiling, self.max_in_flight):
+            return math.inf
+        rate = self.current_rate(now)
+        if not self._flying or math.isinf(rate) or (not self.fixed and not self.throttled):
+            return math.inf
+        needed = (self.in_flight - self.MARGIN) / rate + 1e-6  # L that admits one more
+        age = now - self._flying[0][0]
+        if self._p90 and needed > 2.0 * self._p90:
+            return math.inf
+        return max(needed - age, 1e-3)
+
+    def _early(self, spacing: float) -> float:
+        """How early a request may go: timer ticks at high rates (epoll sleeps in whole
+        milliseconds), 1% of a spacing at low ones (so it is the same at every scale)."""
+        if spacing < 20 * self.TOLERANCE_S:
+            return self.TOLERANCE_S
+        return self.TOLERANCE_SHARE * spacing
 
     def take(self) -> None:
-        """The caller sends now. Its slot is 1/rate after the last one's, or now if
-        the pool was idle: an idle spell earns no burst (nor do sends the slow-start
-        window let through ahead of the rate)."""
+        """The caller sends now. Its slot is 1/rate after the last one's; one the window
+        held back may go up to half a spacing late and keep the schedule; an idle pool
+        earns no burst."""
         now = self._clock()
-        due = max(self._scheduled + 1.0 / self.rate, now)
-        self._scheduled = min(due, now + self.TOLERANCE_S)
-        self._in_flight += 1
+        rate = self.current_rate(now)
+        if math.isinf(rate):
+            self._due = now
+        else:
+            spacing = 1.0 / rate
+            due = self._due + spacing
+            earliest = now - self.CATCH_UP * spacing if self._held else now
+            early = self._early(spacing)
+            self._due = min(max(due, earliest), now + early)
+        self._held = False
+        self._flying.append((now, self.in_flight))
         _push(self._sends, now, self.HISTORY)
 
     def release(self) -> None:
         """A slot taken but not used: the caller did not send after all."""
-        self._in_flight = max(0, self._in_flight - 1)
+        if self._flying:
+            self._flying.pop()
+
+    # -- what the service said ----------------------------------------------------
+
+    def _land(self, sent_at: float | None) -> int:
+        """One request is no longer in flight: the others in flight when it was sent."""
+        if not self._flying:
+            return 0
+        if sent_at is not None:
+            # the last one taken at or before it: the caller reads its clock after `take`
+            # (nothing else is taken in between: no await there)
+            for n in range(len(self._flying) - 1, -1, -1):
+                when, others = self._flying[n]
+                if when <= sent_at:
+                    del self._flying[n]
+                    return others
+        return self._flying.popleft()[1]
 
     def on_answer(self, sent_at: float | None = None) -> None:
         """Any answer but a 429: the limit let it through. `sent_at`, given for
         successes only (a timeout's wait says nothing of the service's pace), feeds
-        the round-trip estimate."""
+        the latency estimates."""
         now = self._clock()
+        others = self._land(sent_at)
         _push(self._answers, now, self.HISTORY)
-        if sent_at is not None:
-            sample = max(0.0, now - sent_at)
-            self._round_trip = (
-                sample if not self._round_trip else (0.875 * self._round_trip + 0.125 * sample)
-            )
-        self._in_flight = max(0, self._in_flight - 1)
-        self._slow_start_allowance += 1
-        if self.throttled:
-            self._ceiling += self.CEILING_GROWTH / self._ceiling
+        if sent_at is None:
+            return
+        self._oks.append(others)
+        sample = max(0.0, now - sent_at)
+        self._latencies.append(sample)
+        self._p90 = _quantile(self._latencies, 0.9)
+        self._round_trip = (
+            sample if not self._round_trip else (0.875 * self._round_trip + 0.125 * sample)
+        )
+        if not self.fixed and not self.throttled:
+            self._cwnd += 1.0
+        if self._ceiling_held:
+            self._ceiling_held = False
+            self._credit += 1
+            rounds = self.CEILING_CONFIRMED_RTT if self._confirmed else self.CEILING_PROBE_RTT
+            if self._credit >= rounds * self.ceiling:
+                self.ceiling += 1
+                self._credit = 0
+        if not self.fixed and self.throttled:
             phase = (now - self._last_cut - self._k) / self._k
             cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
-            # over a round trip (at least a second), or the run so far when shorter
-            window = max(min(max(1.0, self._round_trip), now - self._started), self.RAMP_EVERY_S)
+            window = self._measure_window(now, self._answers)
             arriving = _count_since(self._answers, now - window) / window
             self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
 
-    def on_throttle(self, sent_at: float | None = None) -> None:
+    def on_throttle(self, sent_at: float | None = None) -> str:
+        """A 429: 'cap' when it is the in-flight ceiling (the rate is left alone), else
+        'rate' (adaptive: the rate is cut, once a round trip)."""
         now = self._clock()
         sent = now if sent_at is None else sent_at
+        others = self._land(sent_at)
         _push(self._refused, sent, self.HISTORY)
-        self._in_flight = max(0, self._in_flight - 1)
-        if sent < self._last_cut:
-            return  # sent before the last cut: already answered for
-        window = max(min(max(1.0, now - sent), now - self._started), 0.1)  # not before we began
+        if not self._round_trip:  # nothing answered yet: nothing to measure by
+            self._cwnd = max(1.0, min(self._cwnd, float(others)))
+            self.rate_429s += 1
+            return "rate"
+        # Answers are counted when read, after the service freed the slot, so a request
+        # let through may count one or two more in flight than the service did: a high
+        # quantile, not the most (with --rpm the rate is known, so lean to the cap).
+        ok = _quantile(self._oks, 0.75 if self.fixed else 0.9) if self._oks else 0
+        if (
+            (self.throttled or self.fixed)
+            and others >= 1
+            and (others > ok or others >= self.ceiling)
+        ):
+            # more in flight than nearly every recent request let through had, or the
+            # ceiling's count: the cap
+            self._confirmed = self._confirmed or self.ceiling <= others + 1
+            self.ceiling = max(1.0, min(self.ceiling, float(others)))
+            self._credit = 0
+            self.cap_429s += 1
+            return "cap"
+        self.rate_429s += 1
+        if self.fixed or sent < self._last_cut:
+            return "rate"  # fixed: the pool pauses; else sent before the last cut
+        window = self._measure_window(now)
         since = now - window
         refused = sum(1 for when in self._refused if when >= since)  # 429s come back unordered
         let_through = _count_since(self._sends, since) - refused
+        # what got through; leaving slow start, nearly the rate it was refused at (a
+        # real limit is measured by the next cut, a round trip on)
         accepted = max(let_through / window, self.MIN_RATE)
-        early = window < 1.0  # the run's first second: a request or two to measure by
-        if early:
-            # Too few sends to say anything (one 429 as the very first answer would
-            # measure ~0 and drop the rate to MIN_RATE): W is at least the slow-start
-            # rate it was sent at, and the climb back to it takes half a second, a brief
-            # slow-down. A real limit is measured by the next cut, a round trip on.
-            accepted = max(accepted, min(self.rate, self._slow_start_rate(sent - self._started)))
+        if let_through < 2 and len(self._answers) >= 2:  # too few to say: the last answers'
+            accepted = max(accepted, 2.0 / max(now - self._answers[-2], 1e-3))
+        if not self.throttled:  # slow start's window held its sends back: it measures low
+            accepted = max(accepted, self.BETA * self.current_rate(now))
         self._w_max = accepted
-        self._k = (
-            self.SLOW_START_DOUBLING_S
-            if early
-            else min(self.K_MAX_S, max(self.K_MIN_S, self.PROBE_REQUESTS / accepted))
-        )
+        rtt = self._round_trip
+        # 40 requests' worth, within 1..10 round trips (or 10 requests, when fewer than
+        # one is in flight: then requests, not round trips, are what a climb is made of)
+        longest = max(self.K_MAX_RTT * rtt, self.K_MIN_REQUESTS / accepted)
+        self._k = min(longest, max(self.K_MIN_RTT * rtt, self.PROBE_REQUESTS / accepted))
         self._last_cut = now
         self.throttled = True
         self._set(accepted * self.BETA)
-        if not early:  # in-flight at a cut says nothing either, that early
-            self._ceiling = max(1.0, float(self._in_flight))
+        return "rate"
 
-    def _slow_start_rate(self, elapsed: float) -> float:
-        return self.START_RATE * 2 ** min(max(elapsed, 0.0) / self.SLOW_START_DOUBLING_S, 30)
+    def _measure_window(self, now: float, stamps: deque[float] | None = None) -> float:
+        """A round trip, or the last MEASURE_SENDS sends (answers) if they span longer;
+        never before the run began."""
+        stamps = self._sends if stamps is None else stamps
+        span = now - stamps[-min(len(stamps), self.MEASURE_SENDS)] if stamps else 0.0
+        window = max(self._round_trip, span)
+        return max(min(window, now - self._started), 1e-3)
 
     def _set(self, rate: float) -> None:
         self.rate = max(self.MIN_RATE, rate)
+
+
+def CubicRate(*, clock: Clock = time.monotonic) -> Flow:
+    """The adaptive flow, as it was first called."""
+    return Flow(clock=clock)
+
+
+def _quantile(samples: deque[float] | deque[int], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _push(stamps: deque[float], when: float, limit: int) -> None:

@@ -91,7 +91,9 @@ async def run_batch(
             state=state,
             out=config.out,
             options=config.options,
-            pacer=Pacer(config.rpm, sleep=sleep, clock=clock),
+            pacer=Pacer(
+                config.rpm, sleep=sleep, clock=clock, max_in_flight=config.options.concurrency
+            ),
             on_event=on_event,
             sleep=sleep,
             images=images,

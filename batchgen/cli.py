@@ -186,7 +186,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=positive_int,
         default=library.DEFAULT_CONCURRENCY,
-        help="requests in flight",
+        help="the most requests in flight (the pool follows the rate and the latency below it)",
     )
     run.add_argument("--rpm", type=positive, help="requests per minute (your plan's limit)")
     run.add_argument("--max-cost", type=non_negative, help="hard cap on USD this run spends")

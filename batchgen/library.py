@@ -60,7 +60,7 @@ from batchgen.stops import Stop, StopReason
 
 log = logging.getLogger("batchgen")
 
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = 64  # a maximum: the window in flight follows the rate (adaptive.py)
 MAX_OWNER_PROBLEMS = 10  # a whole folder of them says the same thing
 
 ManifestSource = str | os.PathLike[str] | Manifest

@@ -1,15 +1,19 @@
-"""Pacing shared by every worker: the rate limit, and what a 429 does to it.
+"""Pacing shared by every worker: the rate, the window in flight, what a 429 does to them.
 
-A 429 is the pool's signal to slow down, so it slows everyone, not just the worker
-that saw it. Two modes:
+`Flow` (adaptive.py) holds both: a rate (--rpm's, exactly, or one it finds) and a window
+of requests in flight sized by Little's law (rate x observed latency, under the in-flight
+ceiling 429s revealed and --concurrency). A 429 is the pool's signal, so it slows
+everyone, not just the worker that saw it:
 
-- fixed (`--rpm` given): aiolimiter at that rate; a 429 pauses the whole pool
-  (Retry-After when the server gives one, else a cool-down that doubles while the
-  429s continue and resets on an answer);
-- adaptive (no `--rpm`): a client-side rate that finds the limit (`adaptive.py`,
-  CUBIC-style like the AWS SDKs' adaptive mode). A Retry-After still pauses the pool.
+- a 429 at the in-flight ceiling is the cap: the window holds there, nothing pauses;
+- fixed (`--rpm` given), any other 429 pauses the whole pool (Retry-After when the
+  server gives one, else a cool-down that doubles while the 429s continue and resets
+  on an answer): the limit we were told is not the one we met;
+- adaptive (no `--rpm`): the flow cuts its rate (CUBIC-style); a Retry-After still
+  pauses the pool.
 
-Every wait here ends at once when the run stops (`wait_turn(stop)`): nothing more
+Workers wait their turn one at a time (a FIFO lock), so a turn wakes one waiter, not the
+pool. Every wait here ends at once when the run stops (`wait_turn(stop)`): nothing more
 will be sent, so nothing is worth waiting for.
 """
 
@@ -17,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from aiolimiter import AsyncLimiter
-
 from batchgen import retry
-from batchgen.adaptive import CubicRate
+from batchgen.adaptive import CubicRate, Flow
+
+__all__ = ["CubicRate", "Flow", "Pacer", "RetryBudget", "until"]
 
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -60,38 +65,60 @@ class Pacer:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
         cooldown: float = retry.THROTTLE_COOLDOWN_S,
+        max_in_flight: int | None = None,
     ) -> None:
-        # A burst of one: aiolimiter lets max_rate through at once, and a minute's
-        # quota at start-up is exactly the burst a per-minute limit punishes.
-        self._limiter = AsyncLimiter(1, 60.0 / rpm) if rpm else None
-        self.adaptive = None if rpm else CubicRate(clock=clock)
+        self.flow = Flow(rpm, clock=clock, max_in_flight=max_in_flight)
+        self.fixed = rpm is not None
         self._sleep = sleep
         self._clock = clock
         self._cooldown = cooldown
         self._cool_until = 0.0
         self._streak = 0
         self._noted = False  # a capped wait was logged since the last plain answer
+        self._turns = asyncio.Lock()  # one waiter decides at a time, FIFO
+        self._answer = asyncio.Event()  # set when an answer may have opened the window
+
+    @property
+    def adaptive(self) -> Flow | None:
+        """The flow when it finds the rate itself (no --rpm)."""
+        return None if self.fixed else self.flow
 
     async def wait_turn(self, stop: asyncio.Event | None = None) -> bool:
         """Wait for this worker's turn to send. False, with no turn taken, when `stop`
-        is set first (a 429's pause, the rate's spacing: every wait ends at once)."""
-        while (remaining := self._cool_until - self._clock()) > 0:
-            if not await self._pause(self._sleep(remaining), stop):
-                return False
-        if self._limiter is not None:
-            if stop is None or self._limiter.has_capacity():
-                await self._limiter.acquire()  # does not wait: no task needed
-            elif not await until(self._limiter.acquire(), stop):
-                return False
-        elif self.adaptive is not None:
-            while (delay := self.adaptive.delay()) > 0:
-                if not await self._pause(self._sleep(delay), stop):
+        is set first (a 429's pause, the rate's spacing, a full window: every wait ends
+        at once)."""
+        async with self._turns:
+            while True:
+                if stop is not None and stop.is_set():
                     return False
-            self.adaptive.take()  # no await since delay() said 0: the slot is ours
-        return True
+                remaining = self._cool_until - self._clock()
+                if remaining > 0:
+                    if not await self._pause(self._sleep(remaining), stop):
+                        return False
+                    continue
+                delay = self.flow.delay()
+                if delay <= 0:
+                    self.flow.take()  # no await since delay() said 0: the slot is ours
+                    return True
+                if math.isinf(delay):  # the window is full: until an answer comes back
+                    self._answer.clear()
+                    if not await self._pause(self._answer.wait(), stop):
+                        return False
+                elif not await self._pause(self._first(self._sleep(delay)), stop):
+                    return False
+
+    async def _first(self, sleep: Awaitable[None]) -> None:
+        """The sleep, or an answer first (it may open the window, or quicken the rate)."""
+        self._answer.clear()
+        waits = (asyncio.ensure_future(sleep), asyncio.ensure_future(self._answer.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     @staticmethod
-    async def _pause(wait: Awaitable[None], stop: asyncio.Event | None) -> bool:
+    async def _pause(wait: Awaitable[object], stop: asyncio.Event | None) -> bool:
         if stop is None:
             await wait
             return True
@@ -99,9 +126,9 @@ class Pacer:
 
     def release_turn(self) -> None:
         """The turn `wait_turn` gave was not used (the run is stopping, or the budget
-        is spent): the adaptive rate must not count it as in flight."""
-        if self.adaptive is not None:
-            self.adaptive.release()
+        is spent): it must not count as in flight."""
+        self.flow.release()
+        self._answer.set()
 
     def now(self) -> float:
         return self._clock()
@@ -120,17 +147,20 @@ class Pacer:
         *,
         note: str | None = None,
     ) -> float:
-        """Slow the whole pool down; returns the pause chosen (0: the rate was cut).
-        `retry_after` is already capped (retry.server_wait); `note` says so."""
+        """Slow the whole pool down; returns the pause chosen (0: the window or the rate
+        was cut). `retry_after` is already capped (retry.server_wait); `note` says so."""
         self.note(note)
-        if self.adaptive is not None:
-            self.adaptive.on_throttle(sent_at)
+        kind = self.flow.on_throttle(sent_at)
+        self._answer.set()
+        if not self.fixed:
             pause = retry_after or 0.0
-        elif retry_after is None:
+        elif retry_after is not None:
+            pause = retry_after
+        elif kind == "cap":
+            pause = 0.0  # the in-flight cap: the window holds at it, nobody waits
+        else:
             self._streak += 1
             pause = min(retry.BACKOFF_CAP_S, self._cooldown * 2.0 ** (self._streak - 1))
-        else:
-            pause = retry_after
         self._cool_until = max(self._cool_until, self._clock() + pause)
         return pause
 
@@ -139,8 +169,8 @@ class Pacer:
         self._streak = 0
         if sent_at is not None:
             self._noted = False
-        if self.adaptive is not None:
-            self.adaptive.on_answer(sent_at)
+        self.flow.on_answer(sent_at)
+        self._answer.set()
 
 
 class RetryBudget:

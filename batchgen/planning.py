@@ -79,24 +79,63 @@ class Plan:
     skipped: tuple[Skipped, ...] = ()  # input files left out: outputs are never inputs
     missing: int = 0  # succeeded before, but the image is gone or changed: paid again
     uploads: UploadFigures | None = None  # with upload_images: what it uploads and saves
+    estimate_bound: str = ""  # which limit the time estimate is bound by, in words
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+IN_FLIGHT_CAP = 10  # images Ideogram runs at once per organisation (429 beyond)
+
+
 def estimate_seconds(
-    jobs: int, *, concurrency: int | None, rpm: float | None, latency: float = api.TYPICAL_LATENCY_S
+    jobs: int,
+    *,
+    concurrency: int | None,
+    rpm: float | None,
+    latency: float = api.TYPICAL_LATENCY_S,
+    cap: int = IN_FLIGHT_CAP,
 ) -> float | None:
-    """Wall time when the pool is bound by concurrency (N in flight, ~11 s each)
-    or by the rate limit, whichever is tighter; None when neither is known."""
-    rates = []
-    if concurrency:
-        rates.append(concurrency / latency)
-    if rpm:
-        rates.append(rpm / 60.0)
-    if not rates:
-        return None
-    return float(math.ceil(jobs / min(rates)))
+    """Wall time at the pool's limit, as the runner reaches it (Little's law): images a
+    second = min(rpm / 60, in flight / latency), in flight the service's cap or
+    --concurrency if fewer; about 11 s an image."""
+    if jobs <= 0:
+        return 0.0
+    return float(math.ceil(jobs / _throughput(concurrency, rpm, latency, cap)[0]))
+
+
+def _throughput(
+    concurrency: int | None, rpm: float | None, latency: float, cap: int
+) -> tuple[float, str]:
+    """(images a second, which term binds, in words)."""
+    in_flight = min(cap, concurrency) if concurrency else cap
+    by_flight = in_flight / latency
+    per_minute = by_flight * 60.0
+    held = (
+        f"--concurrency {in_flight}"
+        if concurrency and concurrency < cap
+        else f"the service's {in_flight} in flight"
+    )
+    if rpm is not None and rpm / 60.0 <= by_flight:
+        return rpm / 60.0, (
+            f"your {rpm:g}/min limit binds ({in_flight} in flight would allow "
+            f"{math.floor(per_minute)}/min)"
+        )
+    said = f", under your {rpm:g}/min limit" if rpm is not None else ""
+    return by_flight, (
+        f"{held} binds ({math.floor(per_minute)}/min at {latency:g} s an image{said})"
+    )
+
+
+def estimate_bound(
+    *,
+    concurrency: int | None,
+    rpm: float | None,
+    latency: float = api.TYPICAL_LATENCY_S,
+    cap: int = IN_FLIGHT_CAP,
+) -> str:
+    """Which term of `estimate_seconds` binds, in words."""
+    return _throughput(concurrency, rpm, latency, cap)[1]
 
 
 def make_plan(
@@ -157,6 +196,7 @@ def make_plan(
         skipped=skipped,
         missing=missing,
         uploads=tally.figures() if tally is not None else None,
+        estimate_bound=estimate_bound(concurrency=concurrency, rpm=rpm),
     )
 
 
@@ -221,7 +261,8 @@ def render(plan: Plan) -> str:
     lines.append(f"to run     {plan.to_run:,}")
     lines.append(f"cost       ${plan.estimated_cost:,.2f} estimated for the jobs to run")
     if plan.estimated_seconds is not None:
-        lines.append(f"time       about {format_duration(plan.estimated_seconds)}")
+        bound = f": {plan.estimate_bound}" if plan.estimate_bound else ""
+        lines.append(f"time       about {format_duration(plan.estimated_seconds)}{bound}")
     if plan.uploads is not None:
         lines += upload_lines(plan.uploads)
     for entry in plan.shards:

@@ -45,7 +45,7 @@ from batchgen.stops import Stop, StopReason
 
 @dataclass(frozen=True)
 class RunOptions:
-    concurrency: int = 8
+    concurrency: int = 64  # the most in flight; the window follows the rate below it
     max_cost: float | None = None
     max_attempts: int = retry.MAX_ATTEMPTS
     retry_failed: bool = False

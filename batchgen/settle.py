@@ -156,13 +156,20 @@ def decide(
         (r for r in window if r.status == "COMPLETED"), key=lambda r: r.created_at or 0.0
     )[known:]
     pending = any(r.status == "PENDING" for r in window)
+    # Every attempt of the window (the rows' own: from the first unsettled one less the
+    # clock slack) has its finished row: the ones left without a COMPLETED row FAILED,
+    # and need not wait out the lag. An attempt that never reached the service leaves
+    # no row, so then the lag decides, as before.
+    tried = sum(1 for a in attempts if a.started_at >= begins)
+    finished = sum(1 for r in window if r.status in ("COMPLETED", "FAILED"))
+    all_rows_in = not pending and finished >= tried
     decisions: list[Decision] = []
     for attempt in pending_attempts:
         if attempt.request_id is not None:  # a v2 request: its own row, by its id
             decisions.append(_by_own_id(attempt, (by_id or {}).get(attempt.request_id), now, lag))
         elif completed:
             decisions.append(Decision(attempt, Verdict.BILLED, completed.pop(0)))
-        elif pending or now < attempt.deadline(lag):
+        elif not all_rows_in and (pending or now < attempt.deadline(lag)):
             decisions.append(Decision(attempt, Verdict.UNKNOWN))
         else:
             decisions.append(Decision(attempt, Verdict.NOT_BILLED))

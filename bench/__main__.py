@@ -15,6 +15,7 @@ SCRIPTS = (
     "bench.bench_latency",  # target 1
     "bench.bench_overhead",  # target 2
     "bench.bench_ratelimit",  # targets 3 and 4
+    "bench.bench_operating_point",  # the key's limit at the real operating point, untuned
     "bench.bench_scale",  # target 5
     "bench.bench_images",  # target 6
     "bench.bench_settlement",  # settlement: nothing paid twice on a night of billed 504s

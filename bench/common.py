@@ -20,7 +20,7 @@ from typing import Final
 
 from PIL import Image
 
-from batchgen import grid, ledger, manifest
+from batchgen import events, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.images import EncodedImages
 from batchgen.progress import Progress
@@ -112,6 +112,7 @@ async def run_batchgen(
     concurrency: int,
     rpm: float | None = None,
     images: EncodedImages | None = None,
+    listener: events.Listener | None = None,
 ) -> tuple[BatchResult, float, float]:
     """(result, wall seconds, CPU seconds of this process) for one batchgen run."""
     loaded = manifest.load(manifest_path)
@@ -131,8 +132,14 @@ async def run_batchgen(
         progress = Progress(bar=True, stream=nowhere, total=total)
         began, cpu = time.perf_counter(), cpu_seconds()
         try:
+
+            def both(event: events.Event) -> None:
+                progress(event)
+                if listener is not None:
+                    listener(event)
+
             result = await run_batch(
-                config, jobs, state, on_event=progress, handle_signals=False, images=images
+                config, jobs, state, on_event=both, handle_signals=False, images=images
             )
         finally:
             progress.close()

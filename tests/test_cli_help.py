@@ -65,7 +65,7 @@ def test_every_subcommand_describes_itself_and_its_defaults(
 
 def test_run_shows_the_figures_people_ask_about(capsys: pytest.CaptureFixture[str]) -> None:
     entries = option_entries(help_text(capsys, "run"))
-    assert entries["--concurrency"].endswith("(default: 8)")
+    assert entries["--concurrency"].endswith("(default: 64)")
     assert entries["--max-attempts"].endswith("(default: 6)")
     assert entries["--timeout"].endswith("(default: 120)")
     assert entries["--confirm-above"].endswith("(default: 5)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from batchgen import gallery, ledger
+from batchgen import gallery, ledger, planning
 from batchgen.cli import main
 from tests.helpers import make_image, write
 from tests.runs import emulated, run
@@ -174,3 +174,24 @@ async def test_outputs_and_thumbnails_are_never_read_back_as_inputs(
     err = capsys.readouterr().err
     assert "matches no file once outputs are left out" in err
     assert f"under the output folder {out} (outputs are never inputs)" in err
+
+
+def test_plan_says_which_limit_binds(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner's model: min(rpm, in flight / latency), 11 s an image, 10 in flight."""
+    assert planning.estimate_seconds(2000, concurrency=None, rpm=50) == 40 * 60
+    assert planning.estimate_bound(concurrency=None, rpm=50) == (
+        "your 50/min limit binds (10 in flight would allow 54/min)"
+    )
+    assert planning.estimate_seconds(1100, concurrency=None, rpm=None) == 1210  # 10 per 11 s
+    assert planning.estimate_bound(concurrency=None, rpm=1200).startswith(
+        "the service's 10 in flight binds (54/min at 11 s an image, under your 1200/min"
+    )
+    assert planning.estimate_bound(concurrency=4, rpm=None).startswith("--concurrency 4 binds")
+    assert main(["plan", str(project / "m.yaml"), "--rpm", "6"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "time       about 2m 00s: your 6/min limit binds (10 in flight would allow 54/min)" in text
+    )
+    figures = plan_json(capsys, str(project / "m.yaml"))
+    assert figures["estimated_seconds"] == 14  # 12 jobs, 10 at a time, 11 s each: 12 / (10/11)
+    assert figures["estimate_bound"].startswith("the service's 10 in flight binds")

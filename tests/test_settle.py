@@ -335,3 +335,16 @@ async def test_an_outage_of_billed_504s_is_settled_not_resent(tmp_path: Path) ->
         assert charged(served, fingerprints) == Counter({1: len(fingerprints)})
     assert result.succeeded == len(fingerprints) and result.possibly_billed == 0
     assert result.spent == pytest.approx(served.stats.spent)
+
+
+async def test_failed_rows_settle_at_once_without_waiting_out_the_lag(tmp_path: Path) -> None:
+    """A 502 and a 504 that were not billed leave FAILED rows: once every attempt has its
+    row, they are settled not billed at once, and the job is sent again in the run."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    async with emulated(script=[502, 504, 200], billed_504_share=0.0) as served:
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep())
+        assert served.stats.billed_total == 1
+    assert (result.succeeded, result.held_back, result.possibly_billed) == (1, 0, 0)
+    settled = [r for r in lines(out) if r["status"] == "settled"]
+    assert [r["billed"] for r in settled] == ["no", "no"]
