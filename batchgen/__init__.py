@@ -37,7 +37,6 @@ from batchgen.events import (
 )
 from batchgen.grid import Job
 from batchgen.library import (
-    RunResult,
     credits,
     credits_async,
     jobs,
@@ -51,6 +50,7 @@ from batchgen.library import (
 from batchgen.manifest import Manifest
 from batchgen.manifest import load as load_manifest
 from batchgen.planning import Plan
+from batchgen.results import RunResult
 from batchgen.settle import SettleReport, Verdict
 from batchgen.stops import Stop, StopReason
 from batchgen.summaries import Summary

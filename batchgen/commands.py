@@ -26,9 +26,10 @@ from batchgen import (
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.errors import InputError
 from batchgen.grid import describe
-from batchgen.library import DEFAULT_CONCURRENCY, RunResult
+from batchgen.library import DEFAULT_CONCURRENCY
 from batchgen.planning import Plan, render
 from batchgen.progress import Progress
+from batchgen.results import RunResult
 from batchgen.stops import StopReason
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
 
-from batchgen import events, grid, ledger, library, objstore, summaries
+from batchgen import events, grid, ledger, objstore, preflight, summaries
 from batchgen.batch import BatchConfig, run_batch
 from batchgen.errors import BatchgenError, InputError, LedgerError
 from batchgen.grid import Job
@@ -29,6 +29,7 @@ from batchgen.lease import Lease
 from batchgen.manifest import Manifest
 from batchgen.objstore import Location, Store, StoredLedger
 from batchgen.planning import Plan, make_plan
+from batchgen.results import RunResult
 from batchgen.runner import RunOptions
 from batchgen.segments import SegmentWriter
 from batchgen.shard import Shard
@@ -67,7 +68,7 @@ class _Prepared:
 
 async def _prepare(
     store: Store,
-    source: library.ManifestSource,
+    source: preflight.ManifestSource,
     *,
     owned: Shard | None,
     retry_failed: bool,
@@ -76,7 +77,7 @@ async def _prepare(
     split_into: int | None = None,
 ) -> _Prepared:
     location = store.location
-    loaded = library._load(source, None)  # nothing local is an output here
+    loaded = preflight.load(source, None)  # nothing local is an output here
     try:
         listing = await store.listing(location.root)
         ledgers = await objstore.read_ledgers(store, listing)
@@ -87,9 +88,9 @@ async def _prepare(
     state = StoreState(objects=listing)
     for stored in ledgers:
         state.scan(cast(Path, stored))
-    jobs: Iterator[Job] = library._shard_jobs(loaded, owned, check_paths=True)
+    jobs: Iterator[Job] = preflight.shard_jobs(loaded, owned, check_paths=True)
     if owners := state.owners(location.folder):
-        jobs = library._not_owned_by_others(
+        jobs = preflight.not_owned_by_others(
             jobs, owners, location.folder, loaded.display, exists=state.exists
         )
     the_plan = make_plan(
@@ -107,7 +108,7 @@ def _ledger_name(owned: Shard | None) -> str:
 
 async def run(
     url: str,
-    source: library.ManifestSource,
+    source: preflight.ManifestSource,
     *,
     api_key: str,
     api_base: str,
@@ -120,7 +121,7 @@ async def run(
     confirm: Callable[[Plan], bool] | None,
     handle_signals: bool,
     seams: dict[str, Any],
-) -> library.RunResult:
+) -> RunResult:
     """`library.run_async` into a store (see the module's docstring)."""
     location = Location.parse(url)
     name = _ledger_name(owned)
@@ -155,7 +156,7 @@ async def _run_leased(
     store: Store,
     lease: Lease,
     name: str,
-    source: library.ManifestSource,
+    source: preflight.ManifestSource,
     *,
     api_key: str,
     api_base: str,
@@ -167,7 +168,7 @@ async def _run_leased(
     confirm: Callable[[Plan], bool] | None,
     handle_signals: bool,
     seams: dict[str, Any],
-) -> library.RunResult:
+) -> RunResult:
     location = store.location
     out_url, ledger_url = location.url(), location.url(location.key(name))
     prepared = await _prepare(
@@ -182,7 +183,7 @@ async def _run_leased(
     emit(events.RunPlanned(the_plan, cut))
     if confirm is not None and not confirm(the_plan):
         stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
-        return library.RunResult(the_plan, out_url, ledger_url, stopped=stop)
+        return RunResult(the_plan, out_url, ledger_url, stopped=stop)
     writers: list[SegmentWriter] = []
 
     def writer() -> SegmentWriter:
@@ -198,7 +199,7 @@ async def _run_leased(
         api_base=api_base, api_key=api_key, options=options, rpm=rpm, timeout=timeout,
         shard=str(owned) if owned else None, writer=writer,
     )  # fmt: skip
-    jobs = library._shard_jobs(prepared.manifest, owned, check_paths=False)
+    jobs = preflight.shard_jobs(prepared.manifest, owned, check_paths=False)
     batch = await run_batch(
         config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals, **seams
     )
@@ -207,12 +208,12 @@ async def _run_leased(
             await writers[0].compact()
         except (OSError, LedgerError) as err:  # the parts stay; readers take either
             log.warning("batchgen: %s: segments not merged: %s", ledger_url, err)
-    return library.RunResult.of(batch, the_plan, out_url, ledger_url)
+    return RunResult.of(batch, the_plan, out_url, ledger_url)
 
 
 def plan(
     url: str,
-    source: library.ManifestSource,
+    source: preflight.ManifestSource,
     *,
     owned: Shard | None,
     retry_failed: bool,

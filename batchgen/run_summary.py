@@ -5,8 +5,8 @@ the commands that resume it or rerun what failed for good. The same money lines 
 from __future__ import annotations
 
 from batchgen.errors import failure_text
-from batchgen.library import RunResult
 from batchgen.planning import format_duration
+from batchgen.results import RunResult
 from batchgen.summaries import UNWRITTEN, money_lines
 
 

@@ -1,0 +1,155 @@
+"""The settlement passes of a run: before it, what earlier runs left ambiguous; after each
+pass, what this one did (answers lost after sending, deferred by the runner instead of
+paid again). Settled from the request history (`settle.py`); what it says was not billed
+is sent again in the next pass, and the passes' results combine into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from batchgen import (
+    events,
+    ledger,
+    preflight,
+    settle,
+    shard,
+    uploads,
+)
+from batchgen.batch import BatchResult
+from batchgen.manifest import Manifest
+from batchgen.pacing import Sleep
+from batchgen.planning import Plan
+from batchgen.results import RunResult
+
+log = logging.getLogger("batchgen")
+
+SETTLE_POLL_S = 5.0  # between scans while some request is still pending or within the lag
+
+
+SETTLE_MAX_SCANS = 20
+
+
+SETTLE_MAX_WAIT_S = 60.0  # then what is still unknown is held back, for the next run
+
+
+async def settle_first(
+    loaded: Manifest,
+    owned: shard.Shard | None,
+    out: Path,
+    ledger_path: Path,
+    ledger_file: Path | None,
+    key: str,
+    base: str,
+    lag: float,
+    emit: events.Listener,
+    sleep: Sleep | None,
+    queue_base: str | None = None,
+) -> settle.SettleReport:
+    """Settle what earlier runs left ambiguous, before the plan pass reads any state.
+    First the v2 requests whose ids were recorded are polled at `queue_base` (what
+    completed is downloaded); then the history. While some attempt is still pending or
+    within the lag, scan again (every few seconds, for about the lag); what is still
+    unknown then is held back from sending."""
+    paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
+    wanted = LazyTargets(loaded, owned, out)
+    pause = sleep or asyncio.sleep
+    began = time.time()
+    total: settle.SettleReport | None = None
+    for _ in range(SETTLE_MAX_SCANS):
+        report = await settle.settle_out(
+            paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
+            queue_base=queue_base, sleep=pause, assets=uploads.digests_by_url([out]),
+        )  # fmt: skip
+        total = report if total is None else merged(total, report)
+        if report.unavailable is not None:
+            log.warning("batchgen: %s; going on without it (requests whose answers were "
+                        "lost may be paid again)", report.unavailable)  # fmt: skip
+            break
+        if not report.unknown or report.retry_at is None:
+            break
+        if report.retry_at - began > min(lag + 2 * SETTLE_POLL_S, SETTLE_MAX_WAIT_S):
+            break  # not decidable soon: held back from this run, settled by the next
+        await pause(max(0.2, min(SETTLE_POLL_S, report.retry_at - time.time())))
+    assert total is not None
+    if total.settled or total.unknown or total.unavailable is not None:  # news, not noise
+        emit(events.Settled(total))
+    return total
+
+
+def merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleReport:
+    """Two scans as one: counts added, what is still unknown from the last."""
+    return replace(
+        b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
+        billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
+        polled=a.polled + b.polled, failed=a.failed + b.failed, polls=a.polls + b.polls,
+        recovered_jobs=a.recovered_jobs | b.recovered_jobs,
+        history_calls=a.history_calls + b.history_calls,
+    )  # fmt: skip
+
+
+class LazyTargets(settle.Targets):
+    """Output paths from the manifest, expanded only once an image is to be placed."""
+
+    def __init__(self, loaded: Manifest, owned: shard.Shard | None, out: Path) -> None:
+        super().__init__()
+        self._source: tuple[Manifest, shard.Shard | None, Path] | None = (loaded, owned, out)
+
+    def place(self, job_id: str, ledger_path: Path, ext: str) -> tuple[str, str]:
+        if self._source is not None:
+            loaded, owned, out = self._source
+            self._source = None
+            for job in preflight.shard_jobs(loaded, owned, check_paths=False):
+                self.add(job.job_id, out, job.output)
+        return super().place(job_id, ledger_path, ext)
+
+
+SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not billed
+
+
+def combined(
+    batches: list[BatchResult],
+    settled: list[settle.SettleReport],
+    plan: Plan,
+    out: Path,
+    ledger_path: Path,
+    price: float,
+) -> RunResult:
+    """One result for the passes of a run: what the first found done or failed before,
+    what all of them did, what the last left; the money of attempts settled in the run
+    moved from possibly billed to spent, or to nothing."""
+    first, last = batches[0].totals, batches[-1].totals
+    failures: Counter[tuple[int | None, str]] = Counter()
+    for batch in batches:
+        failures.update(batch.totals.failures)
+    recovered = sum(r.recovered for r in settled)
+    billed = recovered + sum(r.billed for r in settled)
+    decided = billed + sum(r.not_billed + r.failed for r in settled)
+    return RunResult(
+        plan, out, ledger_path,
+        succeeded=sum(b.totals.succeeded for b in batches) + recovered,
+        failed=sum(b.totals.failed for b in batches),
+        skipped_done=first.skipped_done,
+        skipped_failed=first.skipped_failed,
+        not_run=last.not_run,
+        unwritten=sum(b.totals.unwritten for b in batches),
+        spent=round(sum(b.totals.spent for b in batches) + billed * price, 6),
+        possibly_billed=round(
+            max(0.0, sum(b.totals.possibly_billed for b in batches) - decided * price), 6
+        ),
+        requests=sum(b.totals.requests for b in batches),
+        throttled=sum(b.totals.throttled for b in batches),
+        failures=dict(failures),
+        remaining_credits=next(
+            (b.totals.remaining_credits for b in reversed(batches) if b.totals.remaining_credits),
+            None,
+        ),
+        stopped=last.stopped,
+        seconds=sum(b.seconds for b in batches),
+        run_id=batches[0].run_id,
+    )  # fmt: skip
