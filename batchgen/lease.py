@@ -31,7 +31,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from batchgen.errors import LedgerError, LockedError
+from batchgen import runlock
+from batchgen.errors import LedgerError
 from batchgen.objstore import Conflict, Store
 from batchgen.runlock import Holder
 
@@ -100,10 +101,9 @@ class Lease:
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                waited = f"waited {wait:g}s, " if wait > 0 else ""
-                raise LockedError(f"{ledger_name} is in use by {holder}; {waited}nothing sent")
+                raise runlock.refusal(ledger_name, holder, wait)
             if on_wait is not None and not told:
-                on_wait(f"{ledger_name} is in use by {holder}; waiting up to {wait:g}s for it")
+                on_wait(runlock.waiting_line(ledger_name, holder, wait))
                 told = True
             await asyncio.sleep(min(POLL_S, remaining))
         self._task = asyncio.create_task(self._renew(), name="lease-renewal")

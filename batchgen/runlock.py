@@ -43,6 +43,16 @@ POLL_S: Final = 0.2  # how often --wait-lock tries again
 HOLDER_GRACE_S: Final = 1.0  # how long to wait for a new holder to write who it is
 
 
+def refusal(what: object, holder: object, wait: float) -> LockedError:
+    """What a run is told when the ledger `what` stays held (a lock or a store's lease)."""
+    waited = f"waited {wait:g}s, " if wait > 0 else ""
+    return LockedError(f"{what} is in use by {holder}; {waited}nothing sent")
+
+
+def waiting_line(what: object, holder: object, wait: float) -> str:
+    return f"{what} is in use by {holder}; waiting up to {wait:g}s for it"
+
+
 def lock_path(ledger_path: Path) -> Path:
     """The lock file of a ledger: beside it, `ledger.jsonl.lock`."""
     return ledger_path.with_name(ledger_path.name + SUFFIX)
@@ -125,10 +135,9 @@ def _acquire(
             continue
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            waited = f"waited {wait:g}s, " if wait > 0 else ""
-            raise LockedError(f"{ledger_path} is in use by {holder}; {waited}nothing sent")
+            raise refusal(ledger_path, holder, wait)
         if on_wait is not None and not told:
-            on_wait(f"{ledger_path} is in use by {holder}; waiting up to {wait:g}s for it")
+            on_wait(waiting_line(ledger_path, holder, wait))
             told = True
         try:
             time.sleep(min(POLL_S, remaining))

@@ -28,26 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from batchgen import objstore
 from batchgen.errors import LedgerError
-from batchgen.ledger import VERSION, WriteFailure, encode, timestamp, unwritten
+from batchgen.ledger import VERSION, Pending, WriteFailure, encode, timestamp, unwritten
 from batchgen.objstore import Conflict, Store
 
 COMMIT_INTERVAL_S: Final = 0.1
 PUT_ATTEMPTS: Final = 6
 PUT_BACKOFF_S: Final = 0.25  # doubling: 0.25 + 0.5 + 1 + 2 + 4 s before giving up
 KEEP_BYTES: Final = 32 << 20  # this run's segments kept for compaction, up to this much
-
-
-@dataclass(eq=False, slots=True)
-class _Entry:
-    record: dict[str, Any]
-    output: tuple[str, bytes] | None
-    waiter: asyncio.Future[WriteFailure | None]
 
 
 class SegmentWriter:
@@ -79,7 +71,7 @@ class SegmentWriter:
         self._next = 1
         self._kept: dict[str, bytes] = {}  # segment name -> its bytes, for compaction
         self._kept_bytes = 0
-        self._pending: list[_Entry] = []
+        self._pending: list[Pending] = []
         self._last: asyncio.Future[WriteFailure | None] | None = None
         self._failed: LedgerError | None = None
         self._wake = asyncio.Event()
@@ -137,7 +129,7 @@ class SegmentWriter:
         if self._failed is not None:
             waiter.set_exception(self._failed)
             return waiter
-        self._pending.append(_Entry(record, output, waiter))
+        self._pending.append(Pending(record, output, waiter))
         self._last = waiter
         self._wake.set()
         return waiter
@@ -178,14 +170,14 @@ class SegmentWriter:
             for entry in entries:
                 entry.waiter.set_result(failures.get(entry))
 
-    def _fail(self, entries: list[_Entry], error: LedgerError) -> None:
+    def _fail(self, entries: list[Pending], error: LedgerError) -> None:
         for entry in entries:
             if not entry.waiter.done():
                 entry.waiter.set_exception(error)
 
-    async def _commit(self, entries: list[_Entry]) -> dict[_Entry, WriteFailure]:
+    async def _commit(self, entries: list[Pending]) -> dict[Pending, WriteFailure]:
         files = [entry for entry in entries if entry.output is not None]
-        failures: dict[_Entry, WriteFailure] = {}
+        failures: dict[Pending, WriteFailure] = {}
         if files:
             results = await asyncio.gather(*(self._put_image(entry) for entry in files))
             failures = {
@@ -207,7 +199,7 @@ class SegmentWriter:
             raise ValueError(f"output path {target!r} escapes the output prefix")
         return self.store.location.key(relative.replace(os.sep, "/"))
 
-    async def _put_image(self, entry: _Entry) -> WriteFailure | None:
+    async def _put_image(self, entry: Pending) -> WriteFailure | None:
         assert entry.output is not None
         target, content = entry.output
         try:
