@@ -108,7 +108,9 @@ def test_a_second_sigint_aborts_at_once_and_records_what_it_cut(tmp_path: Path) 
     out = tmp_path / "out"
     with emulator_process("--latency", "20", "--latency-jitter", "0") as emu:
         env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
-        run = batchgen("run", str(m), "--out", str(out), "--concurrency", "8", "--rpm", "600", env=env)
+        run = batchgen(
+            "run", str(m), "--out", str(out), "--concurrency", "8", "--rpm", "600", env=env
+        )
         wait_for_lines(out / "ledger.jsonl", "started", 8)
         time.sleep(0.3)
         run.send_signal(signal.SIGINT)
