@@ -24,6 +24,7 @@ local file would be.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import re
@@ -195,14 +196,8 @@ class Store:
             await self.put(key, data)
             return
         self._count("PUT")
-        try:
+        with _refused_as_conflict(key):
             await self.fs._pipe_file(key, data, mode="create")
-        except FileExistsError:
-            raise Conflict(key) from None
-        except OSError as err:
-            if _precondition(err):
-                raise Conflict(key) from None
-            raise
 
     async def get(self, key: str) -> bytes | None:
         self._count("GET")
@@ -283,16 +278,10 @@ class Store:
             return _digest(data)
         bucket, name, _ = self.fs.split_path(key)
         self._count("PUT")
-        try:
+        with _refused_as_conflict(key, FileNotFoundError):  # gone counts as changed
             answer = await self.fs._call_s3(
                 "put_object", Bucket=bucket, Key=name, Body=data, IfMatch=tag
             )
-        except (FileNotFoundError, FileExistsError):
-            raise Conflict(key) from None
-        except OSError as err:
-            if _precondition(err):
-                raise Conflict(key) from None
-            raise
         return str(answer["ETag"])
 
     async def create_versioned(self, key: str, data: bytes) -> str:
@@ -302,17 +291,26 @@ class Store:
             return _digest(data)
         bucket, name, _ = self.fs.split_path(key)
         self._count("PUT")
-        try:
+        with _refused_as_conflict(key):
             answer = await self.fs._call_s3(
                 "put_object", Bucket=bucket, Key=name, Body=data, IfNoneMatch="*"
             )
-        except FileExistsError:
-            raise Conflict(key) from None
-        except OSError as err:
-            if _precondition(err):
-                raise Conflict(key) from None
-            raise
         return str(answer["ETag"])
+
+
+@contextlib.contextmanager
+def _refused_as_conflict(key: str, *also: type[OSError]) -> Iterator[None]:
+    """A conditional write the store refused (the object is there, or has changed since
+    it was read) as Conflict; any other error as it came."""
+    refused: tuple[type[OSError], ...] = (FileExistsError, *also)
+    try:
+        yield
+    except refused:
+        raise Conflict(key) from None
+    except OSError as err:
+        if _precondition(err):
+            raise Conflict(key) from None
+        raise
 
 
 def _precondition(err: OSError) -> bool:
