@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
 
@@ -25,3 +28,7 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
     return path
+
+
+Client = TestClient[Any, Any]  # an aiohttp test client of the emulator
+MakeClient = Callable[..., Awaitable[Client]]  # the `make_client` fixture (conftest.py)

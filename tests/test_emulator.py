@@ -22,14 +22,14 @@ import sys
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import requests
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from PIL import Image
 
@@ -43,6 +43,7 @@ from batchgen.emulator.serve import (
     run_from_args,
     running_emulator,
 )
+from tests.helpers import Client, MakeClient
 
 PATH = f"/v1/{api.MODEL}"
 HEADERS = {"x-api-key": DEMO_KEY}
@@ -59,26 +60,6 @@ VENDOR_DATA = {
     "resolution": "RESOLUTION_1024_1024",
     "image_weight": 50,
 }
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-@pytest.fixture
-async def make_client() -> AsyncIterator[MakeClient]:
-    """A factory of clients, each on its own emulator; tiny images unless told otherwise."""
-    clients: list[Client] = []
-
-    async def factory(**overrides: Any) -> Client:
-        config = EmulatorConfig(**{"image_scale": 1 / 16, **overrides})
-        client: Client = TestClient(TestServer(make_app(config)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
 
 
 async def post(

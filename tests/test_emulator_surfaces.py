@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 from yarl import URL
 
 from batchgen import api
-from batchgen.emulator import DEMO_KEY, STATE, STATS, EmulatorConfig, fingerprint, make_app
+from batchgen.emulator import DEMO_KEY, STATE, STATS, fingerprint
 from batchgen.emulator.pictures import RenderCache
+from tests.helpers import Client, MakeClient
 
 V1 = f"/v1/{api.MODEL}"
 V2 = f"/v2/{api.MODEL}"
@@ -29,9 +28,6 @@ HEADERS = {"x-api-key": DEMO_KEY}
 BODY: dict[str, Any] = {"image_file": "https://example.com/in.jpg", "prompt": "a fox", "seed": 4242}
 DAY = 86400.0
 START = 1_750_000_000.0  # 2025-06-15T15:06:40Z
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
 
 
 class WallClock:
@@ -52,22 +48,6 @@ class Gate:
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
         await self.opened.wait()
-
-
-@pytest.fixture
-async def make_client() -> AsyncIterator[MakeClient]:
-    clients: list[Client] = []
-
-    async def factory(**overrides: Any) -> Client:
-        config = EmulatorConfig(**{"image_scale": 1 / 16, **overrides})
-        client: Client = TestClient(TestServer(make_app(config)))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
 
 
 def body_with(**changes: Any) -> dict[str, Any]:
