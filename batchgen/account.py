@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from batchgen import refusals
 from batchgen.errors import ApiStatusError, ServiceError
 
 CREDITS_PATH: Final = "/get-user-credits"
@@ -69,13 +70,10 @@ def parse_balance(payload: bytes, base: str = "the API") -> float:
 
 
 def _refusal(status: int, payload: bytes, base: str) -> str:
-    where = f"the credit balance at {base} answered HTTP {status}"
-    if 300 <= status < 400:
-        return f"{where}: a redirect (not followed: the key goes to the API host only)"
-    why = {401: "the API key was refused", 403: "the API key may not read it",
-           404: "not found there (is --api-base right?)"}.get(status)  # fmt: skip
     message = ApiStatusError.from_response(status, payload, {}).message
-    return f"{where}: {why}: {message}" if why else f"{where}: {message}"
+    return refusals.refusal(f"the credit balance at {base}", status, forbidden="read it",
+                            missing="not found there (is --api-base right?)",
+                            detail=message)  # fmt: skip
 
 
 def covers(balance: float, price: float, images: int) -> int:

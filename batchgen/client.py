@@ -26,13 +26,12 @@ from types import SimpleNamespace
 from typing import Final
 
 import aiohttp
-import yarl
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
-from batchgen import api, retry
+from batchgen import api, refusals, retry
 from batchgen.errors import AnswerProblem, ApiStatusError, BadAnswerError, TransportError
 
 USER_AGENT: Final = "batchgen"
@@ -230,7 +229,10 @@ class Client:
     async def _refusal(self, response: aiohttp.ClientResponse) -> ApiStatusError:
         status = response.status
         if 300 <= status < 400:
-            return ApiStatusError(status, _redirect_message(response))
+            location = response.headers.get("Location", "")
+            return ApiStatusError(
+                status, refusals.endpoint_redirect(status, response.url, location)
+            )
         payload = bytearray()
         try:
             while len(payload) < ERROR_BODY_BYTES and (
@@ -305,23 +307,6 @@ def _connect_reason(error: OSError) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     return f"cannot connect: {error.strerror or type(error).__name__}"
-
-
-def _redirect_message(response: aiohttp.ClientResponse) -> str:
-    location = response.headers.get("Location", "")
-    try:
-        target = response.url.join(yarl.URL(location)) if location else None
-    except ValueError:
-        target = None
-    if target is None or not target.host:
-        where = "no usable Location"
-    else:
-        port = f":{target.port}" if target.port and not target.is_default_port() else ""
-        where = f"{target.scheme}://{target.host}{port}"
-    return (
-        f"the API answered with a redirect (HTTP {response.status}) to {where}; batchgen "
-        "does not follow redirects, so the key is sent to the API only: check --api-base"
-    )
 
 
 def _name(err: BaseException) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from batchgen import api, retry
+from batchgen import api, refusals, retry
 
 HISTORY_BASE: Final = "https://api.spotprod.segmind.com"
 PATH: Final = "/inference-request/request-history"
@@ -287,9 +287,5 @@ async def download(
 
 
 def _refusal(status: int, base: str) -> str:
-    why = {401: "the key was refused", 403: "the key may not read it", 404: "not found there"}
-    if 300 <= status < 400:
-        reason = "a redirect (not followed: the key goes to the history host only)"
-    else:
-        reason = why.get(status, "an error")
-    return f"the request history at {base} answered HTTP {status}: {reason}"
+    return refusals.refusal(f"the request history at {base}", status, forbidden="read it",
+                            missing="not found there", host="history")  # fmt: skip

@@ -17,12 +17,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from batchgen import api
+from batchgen.lru import BytesLRU
 
 DEFAULT_CACHE_BYTES: Final = 256 * 1024 * 1024
 
@@ -88,11 +88,8 @@ class EncodedImages:
     """
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.held_bytes = 0
-        self.peak_bytes = 0
         self.encodes = 0
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache = BytesLRU(max_bytes)
         self.urls: dict[str, str] = {}  # sha256 -> the asset URL it was uploaded as
 
     def as_json(self, image: LocalImage) -> bytes:
@@ -103,25 +100,26 @@ class EncodedImages:
             return json.dumps(url).encode()
         return b'"' + self.get(image) + b'"'
 
+    @property
+    def held_bytes(self) -> int:
+        return self._cache.held_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        return self._cache.peak_bytes
+
     def clear(self) -> None:
         """Drop every encoding held (the URLs stay)."""
         self._cache.clear()
-        self.held_bytes = 0
 
     def get(self, image: LocalImage) -> bytes:
         cached = self._cache.get(image.sha256)
         if cached is not None:
-            self._cache.move_to_end(image.sha256)
             return cached
         data = image.path.read_bytes()
         if hashlib.sha256(data).hexdigest() != image.sha256:
             raise ValueError(f"image {image.name!r} changed on disk since the manifest was read")
         encoded = base64.b64encode(data)
         self.encodes += 1
-        self._cache[image.sha256] = encoded
-        self.held_bytes += len(encoded)
-        while self.held_bytes > self.max_bytes and len(self._cache) > 1:
-            _, evicted = self._cache.popitem(last=False)
-            self.held_bytes -= len(evicted)
-        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+        self._cache.put(image.sha256, encoded)
         return encoded

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batchgen import api, events, images, metadata, outputs, retry, stops
+from batchgen import api, events, images, metadata, outputs, refusals, retry, stops
 from batchgen.breaker import Breaker
 from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
@@ -545,13 +545,9 @@ def _stop_reason(error: ApiError) -> tuple[StopReason, str]:
     kind = stops.for_status(error.status)
     if kind is StopReason.REDIRECT:
         return kind, error.message  # names the status and where it pointed, never the key
-    reasons = {
-        401: "the API key was refused (HTTP 401)",
-        403: "the API key is not allowed to use this model (HTTP 403)",
-        404: "the model or endpoint was not found (HTTP 404)",
-        406: "the account has insufficient credits (HTTP 406)",
-    }
-    reason = reasons.get(error.status, f"HTTP {error.status}")
+    meaning = refusals.meaning(error.status, forbidden="use this model",
+                               missing="the model or endpoint was not found")  # fmt: skip
+    reason = f"{meaning} (HTTP {error.status})" if meaning else f"HTTP {error.status}"
     return kind, f"{reason}: {error.message}"
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import yarl
 
-from batchgen import api, outputs
+from batchgen import api, outputs, refusals
 from batchgen.errors import ApiStatusError
 from batchgen.images import EncodedImages, LocalImage
 
@@ -261,18 +260,12 @@ def _urls_of(payload: bytes, count: int, base: str) -> list[str]:
 
 
 def _refusal(status: int, payload: bytes, location: str, base: str) -> str:
-    where = f"the asset storage at {base} answered HTTP {status}"
-    if 300 <= status < 400:
-        try:
-            to = yarl.URL(location).host if location else None
-        except ValueError:
-            to = None
-        return (f"{where}, a redirect to {to or 'elsewhere'} (not followed: the key goes "
-                "to the storage host only)")  # fmt: skip
-    message = ApiStatusError.from_response(status, payload, {}).message
-    why = {401: "the API key was refused", 403: "the API key may not upload",
-           404: "no upload endpoint there"}.get(status)  # fmt: skip
-    return f"{where}: {why}: {message}" if why else f"{where}: {message}"
+    message = (
+        None if 300 <= status < 400 else ApiStatusError.from_response(status, payload, {}).message
+    )
+    return refusals.refusal(f"the asset storage at {base}", status, forbidden="upload",
+                            missing="no upload endpoint there", detail=message,
+                            location=location, host="storage")  # fmt: skip
 
 
 def _why(err: BaseException) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -25,6 +24,7 @@ from typing import Any, Final
 from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps
 
 from batchgen import api
+from batchgen.lru import BytesLRU
 
 RGB = tuple[int, int, int]
 
@@ -208,30 +208,9 @@ def _encode(picture: Image.Image, fmt: str) -> bytes:
     return out.getvalue()
 
 
-class RenderCache:
-    """A small LRU of rendered bytes by request fingerprint: load tests repeat requests, and a
-    cache hit skips Pillow entirely. Bounded by entry count and by total bytes."""
+class RenderCache(BytesLRU):
+    """A small LRU of rendered bytes by request fingerprint: load tests repeat requests,
+    and a cache hit skips Pillow entirely."""
 
     def __init__(self, *, max_entries: int = 64, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._bytes = 0
-
-    def get(self, key: str) -> bytes | None:
-        data = self._entries.get(key)
-        if data is not None:
-            self._entries.move_to_end(key)
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if key in self._entries or len(data) > self._max_bytes:
-            return
-        self._entries[key] = data
-        self._bytes += len(data)
-        while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= len(evicted)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(max_bytes, max_entries=max_entries)
