@@ -13,6 +13,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,13 @@ def _command(
 ) -> argparse.ArgumentParser:
     """A subcommand whose --help starts with its one-line summary and shows defaults."""
     kwargs.setdefault("description", f"{summary[0].upper()}{summary[1:]}.")
-    return subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter, **kwargs)
+    command = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter, **kwargs)
+    command.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="say more on stderr: -v what batchgen decides (retries, pauses, settlement), "
+        "-vv every request and group commit",
+    )  # fmt: skip
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +325,7 @@ def _add_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr(args.verbose)
     try:
         code: int = args.handler(args)
     except InputError as err:
@@ -337,3 +345,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     return code
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The CLI's: `batchgen`'s diagnostics on stderr (sys.stderr when each is logged, so
+    a test capturing stderr sees them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_to_stderr(verbosity: int) -> None:
+    """Warnings always (as before: Python's last-resort handler printed them), -v info,
+    -vv debug. The library itself never configures logging: that is the caller's."""
+    logger = logging.getLogger("batchgen")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)  # main() called again in one process (tests)
+    logger.addHandler(_StderrHandler())
+    logger.setLevel((logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)])

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import select
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from aiohttp.tracing import Trace
 
 from batchgen import api, refusals, retry
 from batchgen.errors import AnswerProblem, ApiStatusError, BadAnswerError, TransportError
+
+log = logging.getLogger("batchgen")
 
 USER_AGENT: Final = "batchgen"
 READ_CHUNK: Final = 256 * 1024
@@ -175,9 +179,14 @@ class Client:
             await self._fresh.close()
 
     async def _generate(self, session: aiohttp.ClientSession, url: str, body: bytes) -> Answer:
+        began = time.monotonic()
         response = await self._send(session, url, body)
         async with response:
             status = response.status
+            if log.isEnabledFor(logging.DEBUG):  # -vv; the URL never holds the key
+                log.debug("POST %s: HTTP %d after %.2f s (%s)", url, status,
+                          time.monotonic() - began,
+                          response.headers.get("x-request-id", "no request id"))  # fmt: skip
             if status != 200:
                 raise await self._refusal(response)
             headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS

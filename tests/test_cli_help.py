@@ -79,7 +79,8 @@ def test_run_shows_the_figures_people_ask_about(capsys: pytest.CaptureFixture[st
 
 def test_every_option_that_shapes_a_run_is_repeated_by_the_resume_hint() -> None:
     """A new `run` option must be added to RESUMED_OPTIONS (or here, with a reason)."""
-    not_repeated = {"--help", "--out"}  # --out is always in the hint
+    not_repeated = {"--help", "--out", "--verbose"}  # --out is always in the hint; -v shapes
+    # what is said, not the run
     options = {a.option_strings[-1]: a for a in subcommands()["run"]._actions if a.option_strings}
     resumed = {flag: default for flag, _, default in commands.RESUMED_OPTIONS}
     assert set(options) - not_repeated == set(resumed)

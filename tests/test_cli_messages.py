@@ -235,3 +235,20 @@ def test_without_a_terminal_it_never_asks(tmp_path: Path) -> None:
         _, stderr = process.communicate(input="n\n", timeout=60)  # cron: nobody to ask
         assert process.returncode == 0 and "continue?" not in stderr, stderr
         assert emu.stats()["requests_total"] == 8
+
+
+def test_verbose_shows_each_request_and_never_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-vv turns on the `batchgen` logger's debug lines on stderr; without it they stay off."""
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)  # 4 jobs
+    with emulator_process() as emu:
+        monkeypatch.setenv("SEGMIND_API_KEY", emu.key)
+        monkeypatch.setenv("SEGMIND_API_BASE", emu.url)
+        assert main(["run", str(m), "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+        assert "POST " not in capsys.readouterr().err
+        assert main(["run", str(m), "--out", str(tmp_path / "loud"), "--no-progress", "-vv"]) == 0
+        err = capsys.readouterr().err
+    posts = re.findall(r"^POST \S+/ideogram-turbo-img-2-img: HTTP 200 after [\d.]+ s", err, re.M)
+    assert len(posts) == 4, err
+    assert emu.key not in err
