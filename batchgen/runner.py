@@ -277,8 +277,8 @@ class Runner:
                 await self._fail(job, params, error, attempt, billed, retryable=True)
                 return
             if verdict is retry.Verdict.STOP_RUN:
+                self.request_stop(*_stop_reason(error))  # before the write: nothing more goes
                 await self._interrupted(job, params, error, billed)
-                self.request_stop(*_stop_reason(error))
                 return
             if verdict is retry.Verdict.FAIL_JOB:
                 await self._fail(job, params, error, attempt, billed, retryable=False)
@@ -298,11 +298,13 @@ class Runner:
                 await self._fail(job, params, error, attempt, billed, retryable=True)
                 return
             if not self.budget.try_retry():
-                await self._interrupted(job, params, error, billed)
+                # Stop first, then write: while the line waits for its fsync the other
+                # workers would go on sending first attempts, each one adding to the budget.
                 self.request_stop(
                     StopReason.RETRY_BUDGET,
                     f"retry budget exhausted: the service keeps failing ({error})",
                 )
+                await self._interrupted(job, params, error, billed)
                 return
             self.pacer.note(error.wait_note)
             delay = retry.retry_delay(attempt, retry_after, rng=self.rng)
