@@ -25,13 +25,7 @@ the next keeps the original schedule (so a window that is briefly full costs no
 throughput), while an idle pool earns no burst. Without --rpm it is found:
 
 - slow start (until the first 429): a window of 2, one more for every answer (it
-  doubles every round trip, as TCP's), paced at 1.5 windows per round trip. Before
-  the first answer there is no round trip to count in, so the first window grows with
-  time instead, one more request every FIRST_GAP_S (20 ms), until an answer or a 429
-  comes back: a service with no limit has a pool of 32 filled within its first round
-  trip (a window of 2 would take four), while a token bucket refuses one request, not
-  a burst (a 429 comes back in a network round trip, far sooner than an image). That
-  gap is the one constant in seconds, and it is about the network, not the model;
+  doubles every round trip, as TCP's), paced at twice the window per round trip;
 - a 429 is told apart from the in-flight cap: it is the cap when it came with at
   least as many requests in flight as nearly every request let through over the last
   two round trips (the in-flight
@@ -69,7 +63,6 @@ class Flow:
     K_MIN_RTT, K_MAX_RTT = 1.0, 10.0  # the climb back to W, in round trips
     MIN_RATE = 0.05  # requests/s
     INITIAL_WINDOW = 2
-    FIRST_GAP_S = 0.02  # before any answer: one more in flight this often, until a 429
     OKS_RTT = 2.0  # a 429 is the cap's when more were in flight than for those let
     # through over the last 2 round trips (not slow start's small counts of long ago)
     MARGIN = 1.0  # requests in flight beyond rate x latency
@@ -98,8 +91,6 @@ class Flow:
         self.throttled = False  # a rate 429 seen (adaptive: slow start is over)
         self._started = clock()
         self._cwnd = float(self.INITIAL_WINDOW)  # slow start's window
-        self._first_send: float | None = None  # when the first request went
-        self._probing = True  # no answer and no 429 yet: the first window grows with time
         self._w_max = 0.0
         self._k = 1.0
         self._last_cut = -math.inf
@@ -143,17 +134,10 @@ class Flow:
         """Requests that may be in flight now."""
         now = self._clock() if now is None else now
         if not self.fixed and not self.throttled:
-            wanted = self._cwnd + self._probed(now)
+            wanted = self._cwnd
         else:
             wanted = math.ceil(self.current_rate(now) * self.latency(now) + self.MARGIN)
         return max(1.0, min(wanted, self.ceiling, self.max_in_flight))
-
-    def _probed(self, now: float) -> float:
-        """Requests the first window has grown by: one every FIRST_GAP_S since the first
-        request went, while no answer and no 429 has come back."""
-        if not self._probing or self._first_send is None:
-            return 0.0
-        return float(math.floor((now - self._first_send) / self.FIRST_GAP_S))
 
     def current_rate(self, now: float | None = None) -> float:
         if not self.fixed and not self.throttled:  # slow start: twice the window a round trip
@@ -183,9 +167,6 @@ class Flow:
         p90, lengthens L; else only an answer opens it."""
         if self.window(now) >= min(self.ceiling, self.max_in_flight):
             return math.inf
-        if self._probing and self._first_send is not None and not self.fixed:
-            grown = self._probed(now) + 1.0
-            return max(self._first_send + grown * self.FIRST_GAP_S - now, 1e-4)
         rate = self.current_rate(now)
         if not self._flying or math.isinf(rate) or (not self.fixed and not self.throttled):
             return math.inf
@@ -217,8 +198,6 @@ class Flow:
             early = self._early(spacing)
             self._due = min(max(due, earliest), now + early)
         self._held = False
-        if self._first_send is None:
-            self._first_send = now
         self._flying.append((now, self.in_flight))
         _push(self._sends, now, self.HISTORY)
 
@@ -250,7 +229,6 @@ class Flow:
         now = self._clock()
         others = self._land(sent_at)
         _push(self._answers, now, self.HISTORY)
-        self._end_probe(now)  # any answer: the service's pace can be counted in answers
         if sent_at is None:
             return
         self._oks.append((sent_at, others))
@@ -284,7 +262,6 @@ class Flow:
         others = self._land(sent_at)
         _push(self._refused, sent, self.HISTORY)
         if not self._round_trip:  # nothing answered yet: nothing to measure by
-            self._end_probe(now)
             self._cwnd = max(1.0, min(self._cwnd, float(others)))
             self.rate_429s += 1
             return "rate"
@@ -328,13 +305,6 @@ class Flow:
         self.throttled = True
         self._set(accepted * self.BETA)
         return "rate"
-
-    def _end_probe(self, now: float) -> None:
-        """The first answer or 429: the first window's growth with time ends where it got."""
-        if self._probing:
-            grown = self._cwnd + self._probed(now)
-            self._cwnd = min(grown, max(self._cwnd, self.max_in_flight))
-            self._probing = False
 
     def _let_through(self, now: float) -> float:
         """A high quantile of the others in flight when requests let through were sent,

@@ -122,40 +122,15 @@ def test_slow_start_doubles_the_window_every_round_trip() -> None:
     now = [0.0]
     flow = CubicRate(clock=lambda: now[0])
     assert flow.window() == 2 and not flow.throttled
-    rtt = 0.5 * Flow.FIRST_GAP_S  # answered before the first window grows with time
     for step in range(1, 4):  # each round trip answers the whole window
         sent = [now[0]] * int(flow.window())
         for _ in sent:
             flow.take()
-        now[0] += rtt
+        now[0] += 1.0
         for when in sent:
             flow.on_answer(when)
         assert flow.window() == 2 * 2**step
-    assert flow.current_rate() == pytest.approx(1.5 * 16 / rtt)  # paced over the round trip
-
-
-def test_before_any_answer_the_first_window_grows_until_a_429() -> None:
-    """No round trip to count in yet: one more in flight every FIRST_GAP_S, so a service
-    with no limit has its pool filled within the first round trip, and a token bucket
-    refuses one request, not a burst."""
-    now = [0.0]
-    flow = Flow(clock=lambda: now[0], max_in_flight=32)
-    flow.take()
-    flow.take()
-    assert flow.delay() == pytest.approx(Flow.FIRST_GAP_S)  # the third waits a gap
-    now[0] = 5.5 * Flow.FIRST_GAP_S
-    assert flow.window() == 2 + 5
-    for _ in range(5):
-        assert flow.delay() == 0
-        flow.take()
-    assert flow.delay() == pytest.approx(0.5 * Flow.FIRST_GAP_S)
-    assert flow.on_throttle(now[0]) == "rate"  # the last one refused: 5 others went
-    now[0] += 100 * Flow.FIRST_GAP_S
-    assert flow.window() == 6 and math.isinf(flow.delay())  # it grows no more with time
-    unlimited = simulate(rate=None, latency=1.0, workers=32, jobs=400, burst=1e9, jitter=0.0)
-    assert unlimited.seconds <= 1.05 * 13  # 13 round trips of 32 is the ideal
-    pro = simulate(rate=PRO * 10, latency=1.1, cap=CAP, seconds=0.8)  # before any answer
-    assert (pro.sent, pro.refused) == (3, 1)  # the bucket's burst of 2, then one 429
+    assert flow.current_rate() == pytest.approx(1.5 * 16 / 1.0)  # paced over the round trip
 
 
 def test_a_429_cuts_the_rate_and_answers_grow_it_back() -> None:
@@ -210,7 +185,7 @@ def test_a_turn_can_be_given_back() -> None:
     flow = CubicRate(clock=lambda: now[0])
     flow.take()
     flow.take()
-    assert flow.delay() == Flow.FIRST_GAP_S  # a window of 2 to begin with: full for a gap
+    assert math.isinf(flow.delay())  # a window of 2 to begin with: full
     flow.release()  # a turn not used (the run is stopping): it does not count as in flight
     assert flow.delay() == 0
 
