@@ -27,7 +27,8 @@ throughput), while an idle pool earns no burst. Without --rpm it is found:
 - slow start (until the first 429): a window of 2, one more for every answer (it
   doubles every round trip, as TCP's), paced at twice the window per round trip;
 - a 429 is told apart from the in-flight cap: it is the cap when it came with at
-  least as many requests in flight as any request that was let through (the in-flight
+  least as many requests in flight as nearly every request let through over the last
+  two round trips (the in-flight
   count is then the ceiling, and the rate is left alone); otherwise it is the rate.
   The first 429 of slow start cannot be told apart (both grow together there), so it
   is taken for both, the ceiling provisionally;
@@ -50,7 +51,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 Clock = Callable[[], float]
 
@@ -62,6 +63,8 @@ class Flow:
     K_MIN_RTT, K_MAX_RTT = 1.0, 10.0  # the climb back to W, in round trips
     MIN_RATE = 0.05  # requests/s
     INITIAL_WINDOW = 2
+    OKS_RTT = 2.0  # a 429 is the cap's when more were in flight than for those let
+    # through over the last 2 round trips (not slow start's small counts of long ago)
     MARGIN = 1.0  # requests in flight beyond rate x latency
     CATCH_UP = 0.5  # how late (in spacings) a request the window held may go, on schedule
     TOLERANCE_S = 0.005  # how early a request may go: a few timer ticks ...
@@ -104,7 +107,8 @@ class Flow:
         self.ceiling = math.inf  # what 429s have shown the service allows in flight
         self._confirmed = False  # a 429 came at the ceiling: it is the cap
         self._credit = 0  # successes while the ceiling held the pool back
-        self._oks: deque[int] = deque(maxlen=self.SAMPLES)  # others in flight, let through
+        # (sent at, others in flight then) of requests let through
+        self._oks: deque[tuple[float, int]] = deque(maxlen=self.SAMPLES)
         self.cap_429s = self.rate_429s = 0
 
     # -- what the pool asks -------------------------------------------------------
@@ -227,7 +231,7 @@ class Flow:
         _push(self._answers, now, self.HISTORY)
         if sent_at is None:
             return
-        self._oks.append(others)
+        self._oks.append((sent_at, others))
         sample = max(0.0, now - sent_at)
         self._latencies.append(sample)
         self._p90 = _quantile(self._latencies, 0.9)
@@ -264,7 +268,7 @@ class Flow:
         # Answers are counted when read, after the service freed the slot, so a request
         # let through may count one or two more in flight than the service did: a high
         # quantile, not the most (with --rpm the rate is known, so lean to the cap).
-        ok = _quantile(self._oks, 0.75 if self.fixed else 0.9) if self._oks else 0
+        ok = self._let_through(now)
         if (
             (self.throttled or self.fixed)
             and others >= 1
@@ -302,6 +306,16 @@ class Flow:
         self._set(accepted * self.BETA)
         return "rate"
 
+    def _let_through(self, now: float) -> float:
+        """A high quantile of the others in flight when requests let through were sent,
+        over the last OKS_RTT round trips (at least MEASURE_SENDS of them): the counts
+        slow start let through long ago say nothing of the cap."""
+        since = now - self.OKS_RTT * self._round_trip
+        recent = [others for when, others in self._oks if when >= since]
+        if len(recent) < self.MEASURE_SENDS:
+            recent = [others for _, others in list(self._oks)[-self.MEASURE_SENDS :]]
+        return _quantile(recent, 0.75 if self.fixed else 0.9) if recent else 0
+
     def _measure_window(self, now: float, stamps: deque[float] | None = None) -> float:
         """A round trip, or the last MEASURE_SENDS sends (answers) if they span longer;
         never before the run began."""
@@ -319,7 +333,7 @@ def CubicRate(*, clock: Clock = time.monotonic) -> Flow:
     return Flow(clock=clock)
 
 
-def _quantile(samples: deque[float] | deque[int], q: float) -> float:
+def _quantile(samples: Iterable[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 

@@ -81,13 +81,20 @@ async def test_a_429_storm_slows_the_pool_and_does_not_use_up_attempts(tmp_path:
 
 
 async def test_a_real_rate_limit_is_survived(tmp_path: Path) -> None:
+    """The pacer's fixed rate and the emulator's bucket on one injected clock: the
+    spacing is slept on it, not really waited for."""
     m = make_project(tmp_path, images=3, prompts=2, seeds=2)
     out = tmp_path / "out"
-    async with emulated(rate_limit_rpm=1200, rate_burst=2, retry_after=True) as served:
-        result = await run(m, served, out, concurrency=8, rpm=1200)
+    sleep = FakeSleep()
+    limit = {"rate_limit_rpm": 1200, "rate_burst": 2, "retry_after": True}
+    async with emulated(**limit, clock=sleep.clock) as served:
+        result = await run(m, served, out, sleep=sleep, concurrency=8, rpm=1200)
         stats = served.stats
     assert result.succeeded == 12
     assert stats.billed_total == 12 and not stats.double_charged()
+    # 12 requests at 1,200 a minute span 11 spacings of the injected clock (a 429 or two
+    # from requests still on the wire while it jumps are waited out, as Retry-After says)
+    assert sleep.now >= 11 * 60 / 1200 * 0.99 and result.throttled <= 2, sleep.pauses
 
 
 async def test_a_400_fails_that_job_only(tmp_path: Path) -> None:
