@@ -25,7 +25,10 @@ the next keeps the original schedule (so a window that is briefly full costs no
 throughput), while an idle pool earns no burst. Without --rpm it is found:
 
 - slow start (until the first 429): a window of 2, one more for every answer (it
-  doubles every round trip, as TCP's), paced at twice the window per round trip;
+  doubles every round trip, as TCP's), paced at twice the window per round trip. An
+  explicit --concurrency N opens it at N instead (`first_window`): the user said how
+  many may be in flight, as a fixed pool of N always did, and a 429 among them is
+  what it always is, a signal; without it, a limit nobody stated is probed for;
 - a 429 is told apart from the in-flight cap: it is the cap when it came with at
   least as many requests in flight as nearly every request let through over the last
   two round trips (the in-flight
@@ -83,6 +86,7 @@ class Flow:
         *,
         clock: Clock = time.monotonic,
         max_in_flight: int | None = None,
+        first_window: int | None = None,
     ) -> None:
         self._clock = clock
         self.fixed = rpm is not None
@@ -90,7 +94,7 @@ class Flow:
         self.max_in_flight = float(max_in_flight) if max_in_flight else math.inf
         self.throttled = False  # a rate 429 seen (adaptive: slow start is over)
         self._started = clock()
-        self._cwnd = float(self.INITIAL_WINDOW)  # slow start's window
+        self._cwnd = float(first_window or self.INITIAL_WINDOW)  # slow start's window
         self._w_max = 0.0
         self._k = 1.0
         self._last_cut = -math.inf

@@ -92,7 +92,11 @@ async def run_batch(
             out=config.out,
             options=config.options,
             pacer=Pacer(
-                config.rpm, sleep=sleep, clock=clock, max_in_flight=config.options.concurrency
+                config.rpm,
+                sleep=sleep,
+                clock=clock,
+                max_in_flight=config.options.concurrency,
+                first_window=config.options.first_window,
             ),
             on_event=on_event,
             sleep=sleep,

@@ -192,8 +192,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--concurrency",
         type=positive_int,
-        default=library.DEFAULT_CONCURRENCY,
-        help="the most requests in flight (the pool follows the rate and the latency below it)",
+        help="the most requests billed and not yet durable; the pool follows the rate and "
+        "the latency below it, probing up from 2 in flight, or starting with this many when "
+        f"it is given (default: {library.DEFAULT_CONCURRENCY})",
     )
     run.add_argument("--rpm", type=positive, help="requests per minute (your plan's limit)")
     run.add_argument("--max-cost", type=non_negative, help="hard cap on USD this run spends")

@@ -26,7 +26,6 @@ from batchgen import (
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.errors import InputError
 from batchgen.grid import describe
-from batchgen.library import DEFAULT_CONCURRENCY
 from batchgen.planning import Plan, render
 from batchgen.progress import Progress
 from batchgen.results import RunResult
@@ -173,7 +172,7 @@ RESUMED_OPTIONS: tuple[tuple[str, str, object], ...] = (
     ("--api-key-file", "api_key_file", None),
     ("--api", "api", "v1"),
     ("--typical-latency", "typical_latency", TYPICAL_LATENCY_S),
-    ("--concurrency", "concurrency", DEFAULT_CONCURRENCY),
+    ("--concurrency", "concurrency", None),
     ("--rpm", "rpm", None),
     ("--rpm-total", "rpm_total", None),
     ("--max-cost", "max_cost", None),

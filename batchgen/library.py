@@ -126,7 +126,7 @@ async def run_async(
     out: str | os.PathLike[str],
     api_key: str | None = None,
     api_base: str | None = None,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
     rpm: float | None = None,
     rpm_total: float | None = None,
     max_cost: float | None = None,
@@ -155,7 +155,9 @@ async def run_async(
 
     The key is `api_key`, else $SEGMIND_API_KEY; the API `api_base`, else
     $SEGMIND_API_BASE, else Segmind's. Options mean what the CLI's flags of the same
-    names mean (`batchgen run --help`). `on_event` receives the runner's events (frozen
+    names mean (`batchgen run --help`); `concurrency` is the most requests billed and
+    not yet durable (64 when None), and given, the run starts with that many in flight
+    instead of probing up from 2. `on_event` receives the runner's events (frozen
     dataclasses in `batchgen.events`; `RunPlanned` first). `confirm` is asked with the
     plan before anything is sent; False ends the run there (`StopReason.NOT_CONFIRMED`).
     `handle_signals` installs SIGINT/SIGTERM handlers (the first drains, a second
@@ -187,6 +189,7 @@ async def run_async(
     Raises InputError for bad input (nothing sent), LockedError when another run holds
     the ledger (nothing sent), LedgerError for a ledger that cannot be trusted."""
     emit = on_event or events.ignore
+    limit = concurrency or DEFAULT_CONCURRENCY
     key = preflight.api_key(api_key)
     base = preflight.api_base(api_base)
     queue_base = preflight.queue_base(api, base)
@@ -201,7 +204,8 @@ async def run_async(
             hooks["clock"] = clock
         return await remote.run(
             str(out), manifest, api_key=key, api_base=base, owned=owned,
-            options=RunOptions(concurrency, max_cost, max_attempts, retry_failed, outage_limit),
+            options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
+                               first_window=concurrency),
             rpm=preflight.rate(rpm, rpm_total, owned), timeout=timeout, wait_lock=wait_lock,
             emit=emit,
             confirm=confirm, handle_signals=handle_signals, seams=hooks,
@@ -260,8 +264,9 @@ async def run_async(
                 ledger_path=ledger_path,
                 api_base=base,
                 api_key=key,
-                options=RunOptions(concurrency, max_cost, max_attempts, retry_failed,
-                                   outage_limit, defer_ambiguous=defer and not last_round),
+                options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
+                                   defer_ambiguous=defer and not last_round,
+                                   first_window=concurrency),
                 rpm=rate,
                 timeout=timeout,
                 shard=str(owned) if owned else None,

@@ -66,8 +66,9 @@ class Pacer:
         clock: Clock = time.monotonic,
         cooldown: float = retry.THROTTLE_COOLDOWN_S,
         max_in_flight: int | None = None,
+        first_window: int | None = None,
     ) -> None:
-        self.flow = Flow(rpm, clock=clock, max_in_flight=max_in_flight)
+        self.flow = Flow(rpm, clock=clock, max_in_flight=max_in_flight, first_window=first_window)
         self.fixed = rpm is not None
         self._sleep = sleep
         self._clock = clock

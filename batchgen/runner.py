@@ -51,6 +51,7 @@ class RunOptions:
     retry_failed: bool = False
     outage_limit: float = retry.OUTAGE_LIMIT_S
     defer_ambiguous: bool = False  # maybe-billed attempts wait for settlement, not a retry
+    first_window: int | None = None  # --concurrency given: start with that many in flight
 
 
 @dataclass

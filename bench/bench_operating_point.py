@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchgen import events
-from batchgen.library import DEFAULT_CONCURRENCY
 from bench.common import emulator, machine, run_batchgen, scratch, verdict, write_manifest
 from tests.processes import EmulatorProcess
 
@@ -132,7 +131,7 @@ async def measure(case: Case, emu: EmulatorProcess, folder: Path) -> Measured:
     trace = Trace()
     kwargs = {} if case.told_rpm is None else {"rpm": case.told_rpm}
     result, wall, _ = await run_batchgen(
-        m, folder / "out", emu.url, concurrency=DEFAULT_CONCURRENCY, listener=trace, **kwargs
+        m, folder / "out", emu.url, concurrency=None, listener=trace, **kwargs
     )
     stats = emu.stats()
     requests = stats["requests_total"]

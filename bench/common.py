@@ -23,6 +23,7 @@ from PIL import Image
 from batchgen import events, grid, ledger, manifest
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.images import EncodedImages
+from batchgen.library import DEFAULT_CONCURRENCY
 from batchgen.progress import Progress
 from batchgen.runner import RunOptions
 from tests.processes import EmulatorProcess, serve_emulator
@@ -109,12 +110,14 @@ async def run_batchgen(
     out: Path,
     url: str,
     *,
-    concurrency: int,
+    concurrency: int | None,
     rpm: float | None = None,
     images: EncodedImages | None = None,
     listener: events.Listener | None = None,
 ) -> tuple[BatchResult, float, float]:
-    """(result, wall seconds, CPU seconds of this process) for one batchgen run."""
+    """(result, wall seconds, CPU seconds of this process) for one batchgen run.
+    `concurrency` as `--concurrency`: None is the default (64, probing up from 2), a
+    number is the user's (the run starts with that many in flight)."""
     loaded = manifest.load(manifest_path)
     state = ledger.load_state(ledger.ledgers_in(out))
     config = BatchConfig(
@@ -123,7 +126,9 @@ async def run_batchgen(
         ledger_path=out / ledger.DEFAULT_NAME,
         api_base=url,
         api_key=KEY,
-        options=RunOptions(concurrency=concurrency),
+        options=RunOptions(
+            concurrency=concurrency or DEFAULT_CONCURRENCY, first_window=concurrency
+        ),
         rpm=rpm,
     )
     jobs = grid.expand(loaded)

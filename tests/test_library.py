@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,25 @@ def test_the_readmes_python_example_runs(
     assert printed[0].startswith(f"{jobs} 0 {jobs} $")
     assert printed[1] == f"{jobs} 0 0 {round(jobs * 0.063, 6)}" and billed == jobs
     assert batchgen.report(tmp_path / "results").succeeded == jobs
+
+
+@pytest.mark.parametrize(("concurrency", "first"), [(None, 2), (8, 8)], ids=["default", "given"])
+async def test_a_given_concurrency_is_the_first_window(
+    tmp_path: Path, concurrency: int | None, first: int
+) -> None:
+    """Left out, the pool probes up from 2 in flight (a limit nobody stated); given, the
+    run starts with that many in flight, as the user asked (and a fixed pool did)."""
+    m = make_project(tmp_path, images=4, prompts=2, seeds=2)  # 16 jobs
+    sent: list[float] = []  # when each request went, by the run's own events
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.JobStarted):
+            sent.append(time.monotonic())
+
+    async with emulated(latency=0.5, latency_jitter=0.0) as served:
+        result = await batchgen.run_async(
+            m, out=tmp_path / "out", api_base=served.url, api_key=served.api_key,
+            concurrency=concurrency, on_event=on_event,
+        )  # fmt: skip
+    assert result.succeeded == 16
+    assert sum(t < sent[0] + 0.4 for t in sent) == first  # before any answer could come
