@@ -20,7 +20,7 @@ from batchgen.client import Client, make_session
 from batchgen.errors import LedgerError
 from batchgen.grid import Job
 from batchgen.images import EncodedImages
-from batchgen.ledger import LedgerState, LedgerWriter
+from batchgen.ledger import LedgerState, LedgerWriter, schema
 from batchgen.ledger_sink import LedgerSink
 from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Pacer, Sleep
@@ -119,11 +119,10 @@ async def run_batch(
                 await client.aclose()
         totals = runner.totals
         stopped = totals.stopped.message if totals.stopped else None
-        end = {"job_id": None, "status": "run_end", "run_id": run_id, "stopped": stopped}
         try:
             await ledger.write(
-                {**end, "succeeded": totals.succeeded, "failed": totals.failed,
-                 "spent": round(totals.spent, 6)}
+                schema.run_end(run_id, stopped=stopped, succeeded=totals.succeeded,
+                               failed=totals.failed, spent=round(totals.spent, 6))
             )  # fmt: skip
         except LedgerError as err:  # the summary still tells what was paid
             totals.stopped = totals.stopped or Stop(StopReason.WRITE_FAILURE, str(err))
@@ -132,15 +131,13 @@ async def run_batch(
 
 def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
     options = config.options
-    return {
-        "job_id": None,
-        "status": "run",
-        "run_id": run_id,
-        "manifest": config.manifest.display,
-        "manifest_sha256": config.manifest.digest,
-        "model": config.manifest.model,
-        "price": config.manifest.price,
-        "options": {
+    return schema.run(
+        run_id,
+        manifest=config.manifest.display,
+        manifest_sha256=config.manifest.digest,
+        model=config.manifest.model,
+        price=config.manifest.price,
+        options={
             "api_base": config.api_base,  # never the key
             "api": config.api,
             "concurrency": options.concurrency,
@@ -152,7 +149,7 @@ def _run_line(config: BatchConfig, run_id: str) -> dict[str, object]:
             "timeout": config.timeout,
             "shard": config.shard,
         },
-    }
+    )
 
 
 class _signals:

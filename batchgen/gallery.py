@@ -13,8 +13,8 @@ made once with Pillow into `thumbs/`, named by the image's sha256 and size, and 
 lazily: a resumed run's gallery only makes the new ones. Every text that came from a
 manifest is escaped: a prompt is user input, and the page runs script (no JSON is
 embedded in it: the filters and the layout read data-* attributes and `#axes`).
-Several ledgers merge by `ledger.LedgerState`'s rule: the last word wins, except that
-a success is never forgotten.
+Several ledgers merge by the one fold every reader uses (`ledger.fold`): the last word
+wins, except that a success is never forgotten.
 """
 
 from __future__ import annotations
@@ -57,44 +57,33 @@ class Cell:
     sha256: str | None = None
     error: str | None = None
 
-    def fold(self, record: dict[str, Any], folder: Path) -> None:
-        """Apply one ledger line, by the rule `ledger.LedgerState` resumes by."""
-        status = record["status"]
-        if isinstance(record.get("params"), dict):
-            self.params = record["params"]
-        if status == "succeeded":  # a later success (a deleted file made again) wins
-            self.status, self.output = "succeeded", folder / str(record["output"])
-            self.sha256, self.error = record.get("sha256"), None
-        elif self.status == "succeeded":
-            return
-        elif status == "failed":
-            http = record.get("http_status")
-            self.status = "failed"
-            self.error = failure_text(http, str(record.get("error")))
-        elif status in ("started", "interrupted", "unwritten"):
-            self.status = "pending"
-
 
 def collect(paths: Iterable[Path]) -> tuple[dict[str, Cell], list[Path]]:
-    """Every job over all ledgers, merged, and where the manifests may be: a local source
-    image's path is relative to its manifest's folder, and a `run` line names the manifest
-    as it was given (relative to a working directory we cannot know: a few guesses, which
-    the image's digest then confirms). The run's model joins each job's parameters, so
-    jobs that differ only by model get columns of their own."""
-    cells: dict[str, Cell] = {}
+    """Every job over all ledgers, merged by the one fold every reader uses
+    (`ledger.fold`), and where the manifests may be: a local source image's path is
+    relative to its manifest's folder, and a `run` line names the manifest as it was
+    given (relative to a working directory we cannot know: a few guesses, which the
+    image's digest then confirms). The run's model joins each job's parameters, so jobs
+    that differ only by model get columns of their own."""
+    folded = ledger.fold(ledger.ledgers(paths))
+    cells = {job_id: _cell(job_id, job) for job_id, job in folded.jobs.items()}
     folders: list[Path] = []
-    for path in paths:
-        model = None
-        for record in ledger.read(path):
-            job = record.get("job_id")
-            if record["status"] == "run":
-                model, manifest = record.get("model"), Path(str(record.get("manifest")))
-                folders += [path.parent.parent / manifest.parent, manifest.parent]
-            elif isinstance(job, str) and record["status"] in ledger.JOB_STATUSES:
-                if model and isinstance(record.get("params"), dict):
-                    record = {**record, "params": {**record["params"], "model": model}}
-                cells.setdefault(job, Cell(job)).fold(record, path.parent)
+    for path, runs in folded.manifests.items():
+        for name, _ in runs:
+            manifest = Path(name)
+            folders += [path.parent.parent / manifest.parent, manifest.parent]
     return cells, folders
+
+
+def _cell(job_id: str, job: ledger.JobRecord) -> Cell:
+    params = job.params or {}
+    if job.model and job.params is not None:
+        params = {**params, "model": job.model}
+    if job.status == "succeeded":
+        return Cell(job_id, "succeeded", params, job.output_path, job.sha256)
+    if job.status == "failed":
+        return Cell(job_id, "failed", params, error=failure_text(job.http_status, str(job.error)))
+    return Cell(job_id, "pending", params)  # started, interrupted, unwritten or settled
 
 
 def source_of(params: dict[str, Any]) -> tuple[str, str | None]:

@@ -34,8 +34,8 @@ from batchgen.client import Answer, Client
 from batchgen.errors import ApiError, ApiStatusError, LedgerError, TransportError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
-from batchgen.ledger import LedgerState, WriteFailure
-from batchgen.ledger import unwritten as ledger_unwritten
+from batchgen.ledger import LedgerState, WriteFailure, schema
+from batchgen.ledger.schema import Billed
 from batchgen.ledger_sink import LedgerSink
 from batchgen.pacing import Pacer, RetryBudget, Sleep, until
 from batchgen.planning import format_duration
@@ -214,21 +214,18 @@ class Runner:
                 self.breaker.release(probe=probe)
                 return
             attempt += 1
-            started: dict[str, Any] = {"job_id": job.job_id, "status": "started",
-                                       "attempt": attempt}  # fmt: skip
-            if resend:
-                started["resend"] = True  # the same attempt, sent again: it never arrived
-            if probe:
-                started["probe"] = True  # the one request an open breaker lets through
             self._reserved += self.price  # now: a store's started line is awaited
-            noted = await self._note({**started, "price": self.price, "params": params})
+            noted = await self._note(schema.started(job.job_id, attempt=attempt,
+                                                    price=self.price, params=params,
+                                                    resend=resend, probe=bool(probe)))  # fmt: skip
             if not noted or self._stopped_while_noting():
                 self._reserved -= self.price
                 self.pacer.release_turn()  # no evidence of the request, so no request
                 self.breaker.release(probe=probe)
                 if noted:
-                    await self._note({"job_id": job.job_id, "status": "interrupted",
-                                      "error": "not sent: the run stopped"})  # fmt: skip
+                    await self._note(
+                        schema.interrupted(job.job_id, error="not sent: the run stopped")
+                    )
                 return
             if not counted:  # once per job: resends, 429s and outages are not first attempts
                 counted = True
@@ -325,7 +322,7 @@ class Runner:
 
     async def _attempt(
         self, job: Job, params: dict[str, Any], body: bytes, attempt: int, *, fresh: bool
-    ) -> tuple[ApiError, str, float] | None:
+    ) -> tuple[ApiError, Billed, float] | None:
         """One request, its price already reserved. None when the job is finished; else
         the error, whether it was billed ('no', 'maybe' for a 502/504 or a timeout
         after sending, or 'billed') and when it was sent. `fresh`: on a new connection
@@ -352,9 +349,9 @@ class Runner:
         except asyncio.CancelledError:  # a second signal cut it: it may have been billed
             self.totals.possibly_billed += self.price
             await self._note(  # the local writer's note never suspends: it is written now
-                {"job_id": job.job_id, "status": "interrupted", "http_status": None,
-                 "error": "cut short: the run was aborted by a second signal",
-                 "billed": "maybe", "cost": self.price, "params": params}
+                schema.interrupted(job.job_id, http_status=None, billed="maybe",
+                                   error="cut short: the run was aborted by a second signal",
+                                   cost=self.price, params=params)
             )  # fmt: skip
             raise
         finally:
@@ -367,8 +364,7 @@ class Runner:
     async def _submitted(self, job_id: str, attempt: int, request_id: str) -> None:
         """A v2 request is queued (it will bill): its id on disk before the first poll,
         so a crash loses nothing that completes (the resume polls it)."""
-        await self._record({"job_id": job_id, "status": "submitted", "attempt": attempt,
-                            "request_id": request_id})  # fmt: skip
+        await self._record(schema.submitted(job_id, attempt=attempt, request_id=request_id))
 
     def _body(self, job: Job) -> bytes:
         image = job.params["image_file"]
@@ -386,24 +382,16 @@ class Runner:
         if "x-remaining-credits" in answer.headers:
             self.totals.remaining_credits = answer.headers["x-remaining-credits"]
         output = self._out_from_ledger + relative
-        record = {
-            "job_id": job.job_id,
-            "status": "succeeded",
-            "output": output,
-            "cost": self.price if answer.cost is None else answer.cost,
-            "bytes": len(body),
-            "sha256": _sha256(body),
-            "attempts": attempt,
-            "headers": dict(answer.headers),
-            "params": params,
-        }
-        if answer.request_id is not None:
-            record["request_id"] = answer.request_id
+        record = schema.succeeded(
+            job.job_id, output=output, cost=self.price if answer.cost is None else answer.cost,
+            size=len(body), sha256=_sha256(body), attempts=attempt, headers=answer.headers,
+            params=params, request_id=answer.request_id,
+        )  # fmt: skip
         try:
             target = outputs.confine(self._root, relative)
         except ValueError as err:  # checked before sending; never lose the paid image's record
             failure = WriteFailure(relative, OSError(0, str(err)))
-            await self._record(ledger_unwritten(record, failure))
+            await self._record(schema.unwritten(record, str(failure)))
             self._unwritten(job.job_id, failure)
             return
         # The file is put in place first, then the line, by the ledger's next group
@@ -449,7 +437,7 @@ class Runner:
         self,
         job: Job,
         error: ApiError,
-        billed: str,
+        billed: Billed,
         attempt: int,
         delay: float | None,
         *,
@@ -459,10 +447,9 @@ class Runner:
         `outage`: the breaker is open, so the attempt was not the job's (delay: the
         breaker's)."""
         status, message = _describe_error(error)
-        record = {"job_id": job.job_id, "status": "retry", "attempt": attempt,
-                  "http_status": status, "error": message, "billed": billed,
-                  "cost": self._cost(billed), "delay": delay}  # fmt: skip
-        await self._note({**record, "outage": True} if outage else record)
+        await self._note(schema.retry(job.job_id, attempt=attempt, http_status=status,
+                                      error=message, billed=billed, cost=self._cost(billed),
+                                      delay=delay, outage=outage))  # fmt: skip
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
 
@@ -483,7 +470,7 @@ class Runner:
         except LedgerError as err:
             self.request_stop(StopReason.WRITE_FAILURE, str(err))
 
-    def _cost(self, billed: str) -> float:
+    def _cost(self, billed: Billed) -> float:
         return self.price if billed in ("maybe", "billed") else 0.0
 
     async def _fail(
@@ -492,7 +479,7 @@ class Runner:
         params: dict[str, Any],
         error: ApiError,
         attempts: int,
-        billed: str,
+        billed: Billed,
         *,
         retryable: bool,
     ) -> None:
@@ -500,28 +487,20 @@ class Runner:
         self.totals.failed += 1  # before the write: an abort while it waits still counts it
         self.totals.failures[(status, message)] += 1
         await self._record(
-            {
-                "job_id": job.job_id,
-                "status": "failed",
-                "error": message,
-                "http_status": status,
-                "retryable": retryable,
-                "attempts": attempts,
-                "billed": billed,
-                "cost": self._cost(billed),
-                "params": params,
-            }
-        )
+            schema.failed(job.job_id, error=message, http_status=status, retryable=retryable,
+                          attempts=attempts, billed=billed, cost=self._cost(billed),
+                          params=params)
+        )  # fmt: skip
         self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
 
     async def _interrupted(
-        self, job: Job, params: dict[str, Any], error: ApiError, billed: str
+        self, job: Job, params: dict[str, Any], error: ApiError, billed: Billed
     ) -> None:
         """Not the job's failure: the run stopped around it; the next run does it."""
         status, message = _describe_error(error)
         await self._record(
-            {"job_id": job.job_id, "status": "interrupted", "http_status": status,
-             "error": message, "billed": billed, "cost": self._cost(billed), "params": params}
+            schema.interrupted(job.job_id, http_status=status, error=message, billed=billed,
+                               cost=self._cost(billed), params=params)
         )  # fmt: skip
 
 
@@ -531,7 +510,7 @@ def _describe_error(error: ApiError) -> tuple[int | None, str]:
     return None, str(error)
 
 
-def _billed(error: ApiError) -> str:
+def _billed(error: ApiError) -> Billed:
     if isinstance(error, TransportError):
         return "maybe" if error.sent else "no"
     if isinstance(error, ApiStatusError):

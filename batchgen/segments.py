@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from batchgen import objstore
 from batchgen.errors import LedgerError
-from batchgen.ledger import VERSION, Pending, WriteFailure, encode, timestamp, unwritten
+from batchgen.ledger import Pending, WriteFailure, encode, envelope, unwritten
 from batchgen.objstore import Conflict, Store
 
 COMMIT_INTERVAL_S: Final = 0.1
@@ -124,7 +124,7 @@ class SegmentWriter:
     def submit(
         self, record: dict[str, Any], *, output: tuple[str, bytes] | None = None
     ) -> asyncio.Future[WriteFailure | None]:
-        record = {"v": VERSION, "ts": timestamp(), **record}
+        record = envelope(record)
         waiter: asyncio.Future[WriteFailure | None] = asyncio.get_running_loop().create_future()
         if self._failed is not None:
             waiter.set_exception(self._failed)

@@ -65,11 +65,15 @@ from typing import Any, Final
 from batchgen import api, ledger, metadata, outputs, queue_client, runlock, uploads
 from batchgen.errors import LedgerError, LockedError
 from batchgen.history import DownloadError, History, HistoryUnavailable, Row
+from batchgen.ledger import scan as ledger_scan
+from batchgen.ledger import schema
+from batchgen.ledger.fold import Attempt
+from batchgen.ledger.schema import Billed
 
 log = logging.getLogger("batchgen")
 
-SETTLED: Final = "settled"
-SUBMITTED: Final = ledger.SUBMITTED  # a v2 request queued: its `request_id`, before a poll
+SETTLED: Final = schema.SETTLED
+SUBMITTED: Final = schema.SUBMITTED  # a v2 request queued: its `request_id`, before a poll
 QUEUE_WAIT_S: Final = 30.0  # on resume, how long to keep polling requests still queued
 HISTORY_LAG_S: Final = 30.0  # a row shows up to this long after its request (pinned)
 CLOCK_SLACK_S: Final = 120.0  # our clock and the service's may disagree by this much
@@ -80,36 +84,6 @@ class Verdict(Enum):
     BILLED = "billed"
     NOT_BILLED = "not billed"
     UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One request of one job, as a ledger recorded it."""
-
-    ledger: Path
-    job_id: str
-    started: str  # the `ts` of its `started` line: with `attempt`, what settles it
-    attempt: int
-    started_at: float
-    params: Mapping[str, Any]
-    price: float = 0.0
-    model: str | None = None
-    billed: str | None = None  # None: no outcome recorded (a crash); else no/maybe/billed
-    status: str | None = None  # the outcome line's status
-    ended_at: float | None = None  # the outcome line's ts
-    request_id: str | None = None  # the service's id, when a line recorded it
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (str(self.ledger), self.started, self.attempt)
-
-    @property
-    def ambiguous(self) -> bool:
-        return self.billed is None or self.billed == "maybe"
-
-    def deadline(self, lag: float) -> float:
-        """When a row for it must have appeared, if it reached the service at all."""
-        return max(self.started_at, self.ended_at or 0.0) + lag
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,113 +231,19 @@ class LedgerView:
                     yield attempt
 
 
-def _when(ts: object) -> float:
-    from batchgen.history import parse_time
-
-    moment = parse_time(ts)
-    return moment if moment is not None else 0.0
-
-
-def _candidates(path: Path) -> set[str]:
-    """Jobs of one ledger with something that may need settling, without parsing every
-    line: a `maybe`, an `unwritten`, a settlement, or a `started` with no outcome."""
-    found: set[str] = set()
-    open_jobs: set[str] = set()
-    for number, line in ledger._lines(path):
-        match = ledger._PREFIX.match(line)
-        if match is None:
-            record = ledger._parse(path, number, line)
-            job, status = record.get("job_id"), record.get("status")
-            if not isinstance(job, str):
-                continue
-            key = job.encode()
-        else:
-            key, status = match[1], match[2].decode()
-        job = key.decode()
-        if status in ("started", SUBMITTED):  # submitted: queued (v2), still no outcome
-            open_jobs.add(job)
-            continue
-        open_jobs.discard(job)
-        if status in ("unwritten", SETTLED) or b'"billed":"maybe"' in line:
-            found.add(job)
-    return found | open_jobs
-
-
 def read_view(paths: Iterable[Path]) -> LedgerView:
     """Every attempt, in `paths`, of every job with something to settle in any of them
-    (its lines in the other ledgers count too: a success there claims its request id)."""
+    (its lines in the other ledgers count too: a success there claims its request id).
+    The candidates come from a scan that parses few lines; their attempts from the one
+    fold every reader uses (`ledger.fold`)."""
     paths = list(paths)
     candidates: set[str] = set()
     for path in paths:
-        candidates |= _candidates(path)
-    view = LedgerView()
+        candidates |= ledger_scan.candidates(path)
     if not candidates:
-        return view
-    for path in paths:
-        model: str | None = None
-        open_attempt: dict[str, Attempt] = {}
-        for record in ledger.read(path):
-            status, job = record.get("status"), record.get("job_id")
-            if status == "run":
-                model = record.get("model")
-                view.manifests.setdefault(path, []).append(
-                    (str(record.get("manifest")), str(record.get("manifest_sha256")))
-                )
-                continue
-            if not isinstance(job, str) or job not in candidates:
-                continue
-            _fold(view, path, model, open_attempt, job, record)
-        for attempt in open_attempt.values():  # no outcome: a crash
-            view.attempts.setdefault(attempt.job_id, []).append(attempt)
-    return view
-
-
-def _fold(
-    view: LedgerView,
-    path: Path,
-    model: str | None,
-    open_attempt: dict[str, Attempt],
-    job: str,
-    record: dict[str, Any],
-) -> None:
-    status = record["status"]
-    headers = record.get("headers") if isinstance(record.get("headers"), dict) else {}
-    request_id = record.get("request_id") or (headers or {}).get("x-request-id")
-    if isinstance(request_id, str):
-        view.claimed.add(request_id)
-    settles = record.get("settles")
-    if isinstance(settles, dict):
-        view.settled.add((str(path), str(settles.get("started")), int(settles.get("attempt", 0))))
-        return
-    if status == SETTLED:
-        return
-    if status == SUBMITTED:  # the v2 request of the open attempt: settled by this id
-        if job in open_attempt and isinstance(request_id, str):
-            open_attempt[job] = replace(open_attempt[job], request_id=request_id)
-        return
-    if status == "started":
-        if job in open_attempt:  # the one before it never finished: a crash
-            view.attempts.setdefault(job, []).append(open_attempt.pop(job))
-        params = record.get("params")
-        open_attempt[job] = Attempt(
-            path, job, str(record.get("ts")), int(record.get("attempt", 0)),
-            _when(record.get("ts")), params if isinstance(params, dict) else {},
-            float(record.get("price", 0.0)), model,
-        )  # fmt: skip
-        return
-    if status not in ("retry", "failed", "interrupted", "unwritten", "succeeded"):
-        return
-    started = open_attempt.pop(job, None)
-    if started is None:
-        return  # an outcome with no attempt of its own (nothing was sent)
-    billed = "billed" if status == "succeeded" else str(record.get("billed", "no"))
-    rid = request_id if isinstance(request_id, str) else started.request_id
-    ended = Attempt(
-        started.ledger, job, started.started, started.attempt, started.started_at,
-        started.params, started.price, started.model, billed, str(status),
-        _when(record.get("ts")), rid,
-    )  # fmt: skip
-    view.attempts.setdefault(job, []).append(ended)
+        return LedgerView()
+    folded = ledger.fold(ledger.ledgers(paths), attempts_for=candidates)
+    return LedgerView(folded.attempts, folded.settled, folded.claimed, folded.manifests)
 
 
 # -- where a recovered image goes --------------------------------------------------------
@@ -711,56 +591,44 @@ class Settler:
         )  # fmt: skip
 
 
-def _queued_line(attempt: Attempt, billed: str, cost: float) -> dict[str, Any]:
+def _settles(attempt: Attempt) -> schema.Settles:
+    return {"started": attempt.started, "attempt": attempt.attempt}
+
+
+def _queued_line(attempt: Attempt, billed: Billed, cost: float) -> dict[str, Any]:
     """A `settled` line for a v2 request whose end its poll told."""
-    return {
-        "job_id": attempt.job_id, "status": SETTLED, "billed": billed, "cost": cost,
-        "request_id": attempt.request_id, "history_status": None, "polled": True,
-        "settles": {"started": attempt.started, "attempt": attempt.attempt},
-    }  # fmt: skip
+    return schema.settled(attempt.job_id, billed=billed, cost=cost,
+                          request_id=attempt.request_id, history_status=None,
+                          settles=_settles(attempt), polled=True)  # fmt: skip
 
 
 def failed_line(attempt: Attempt, error: str) -> dict[str, Any]:
     """The `failed` line of a v2 request that ended FAILED: for good, not billed."""
-    return {
-        "job_id": attempt.job_id, "status": "failed", "error": error, "http_status": 422,
-        "retryable": False, "attempts": attempt.attempt, "billed": "no", "cost": 0.0,
-        "params": dict(attempt.params), "request_id": attempt.request_id, "polled": True,
-        "settles": {"started": attempt.started, "attempt": attempt.attempt},
-    }  # fmt: skip
+    return schema.failed(attempt.job_id, error=error, http_status=422, retryable=False,
+                         attempts=attempt.attempt, billed="no", cost=0.0,
+                         params=dict(attempt.params), request_id=attempt.request_id,
+                         settles=_settles(attempt))  # fmt: skip
 
 
 def recovered_line(attempt: Attempt, row: Row, output: str, body: bytes) -> dict[str, Any]:
-    """The `succeeded` line of an image fetched from the history (the writer's field
-    order, which the ledger's fast scan reads: output, cost, bytes, sha256)."""
-    return {
-        "job_id": attempt.job_id,
-        "status": "succeeded",
-        "output": output,
-        "cost": row.cost if attempt.ambiguous else 0.0,  # an unwritten one was counted
-        "bytes": len(body),
-        "sha256": hashlib.sha256(body).hexdigest(),
-        "attempts": attempt.attempt,
-        "headers": {"x-request-id": row.request_id},
-        "params": dict(attempt.params),
-        "recovered": True,
-        "request_id": row.request_id,
-        "settles": {"started": attempt.started, "attempt": attempt.attempt},
-    }
+    """The `succeeded` line of an image fetched from the history."""
+    return schema.recovered(
+        attempt.job_id, output=output,
+        cost=row.cost if attempt.ambiguous else 0.0,  # an unwritten one was counted
+        size=len(body), sha256=hashlib.sha256(body).hexdigest(), attempts=attempt.attempt,
+        request_id=row.request_id, params=dict(attempt.params), settles=_settles(attempt),
+    )  # fmt: skip
 
 
 def settled_line(decision: Decision) -> dict[str, Any]:
     attempt, row = decision.attempt, decision.row
     billed = decision.verdict is not Verdict.NOT_BILLED
-    return {
-        "job_id": attempt.job_id,
-        "status": SETTLED,
-        "billed": "billed" if billed else "no",
-        "cost": row.cost if billed and row is not None else 0.0,
-        "request_id": row.request_id if row is not None else None,
-        "history_status": row.status if row is not None else None,
-        "settles": {"started": attempt.started, "attempt": attempt.attempt},
-    }
+    return schema.settled(
+        attempt.job_id, billed="billed" if billed else "no",
+        cost=row.cost if billed and row is not None else 0.0,
+        request_id=row.request_id if row is not None else None,
+        history_status=row.status if row is not None else None, settles=_settles(attempt),
+    )  # fmt: skip
 
 
 def _rows_by_job(

@@ -5,24 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from batchgen import images, ledger
 from batchgen.errors import failure_text
-
-
-@dataclass
-class _Job:
-    status: str = "started"
-    error: str | None = None
-    http_status: int | None = None
-    retryable: bool = True
-    params: dict[str, Any] = field(default_factory=dict)
-    open_attempt: float = 0.0  # price of an attempt with no recorded outcome yet
-    open_key: tuple[str, str, int] | None = None  # that attempt: (ledger, started ts, attempt)
-    maybe: dict[tuple[str, str, int], float] = field(default_factory=dict)  # not yet settled
 
 
 @dataclass
@@ -47,103 +34,38 @@ class Summary:
 
 
 def summarize(paths: Iterable[Path]) -> Summary:
+    """The report of some ledgers, from the one fold every reader uses (`ledger.fold`):
+    an attempt that may have been billed (`maybe`, or cut short by a crash) is possibly
+    billed until a line settles it (batchgen/settle.py); then it counts as what the
+    service charged: spent, or nothing."""
     paths = list(paths)
-    summary = Summary([str(p) for p in paths])
-    jobs: dict[str, _Job] = {}
-    for path in paths:
-        started_at: datetime | None = None
-        for record in ledger.read(path):
-            status = record["status"]
-            if status == "run":
-                summary.runs += 1
-                started_at = _when(record)
-            elif status == "run_end" and started_at is not None:
-                ended = _when(record)
-                if ended is not None:
-                    summary.wall_seconds += (ended - started_at).total_seconds()
-                started_at = None
-            elif isinstance(record.get("job_id"), str):
-                _account(summary, jobs.setdefault(record["job_id"], _Job()), record, str(path))
-    _finish(summary, jobs)
-    return summary
-
-
-def _when(record: dict[str, Any]) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00"))
-    except (KeyError, ValueError):
-        return None
-
-
-def _account(summary: Summary, job: _Job, record: dict[str, Any], path: str = "") -> None:
-    """Money: an attempt that may have been billed (`maybe`, or cut short by a crash) is
-    possibly billed until a line settles it (`settles`: batchgen/settle.py); then it
-    counts as what the service charged: spent, or nothing."""
-    status = record["status"]
-    billed, cost = record.get("billed"), float(record.get("cost", 0.0))
-    settles = record.get("settles")
-    if isinstance(settles, dict):
-        key = (path, str(settles.get("started")), int(settles.get("attempt", 0)))
-        if key == job.open_key:
-            job.open_attempt, job.open_key, resolved = 0.0, None, True
-        else:
-            resolved = job.maybe.pop(key, None) is not None
-        if resolved and (status == "succeeded" or billed == "billed"):
-            summary.spent += cost
-        if status == ledger.SETTLED:
-            return
-    elif status == "started":
-        summary.requests += 1
-        if job.open_attempt and job.open_key is not None:  # an attempt a crash cut short
-            job.maybe[job.open_key] = job.open_attempt
-        job.open_attempt = float(record.get("price", 0.0))
-        job.open_key = (path, str(record.get("ts")), int(record.get("attempt", 0)))
-        if job.status != "succeeded":
-            job.status = "started"
-        job.params = record.get("params", job.params)
-        return
-    elif status in (ledger.SETTLED, ledger.SUBMITTED):  # submitted: still open, maybe billed
-        return
-    else:
-        opened, job.open_attempt, job.open_key = job.open_key, 0.0, None
-        if status == "succeeded" or billed == "billed":
-            summary.spent += cost
-        elif billed == "maybe":
-            key = opened or (path, str(record.get("ts")), int(record.get("attempt", 0)))
-            job.maybe[key] = job.maybe.get(key, 0.0) + cost
-    if status == "succeeded":
-        job.status = "succeeded"
-        credits = record.get("headers", {}).get("x-remaining-credits")
-        summary.remaining_credits = credits or summary.remaining_credits
-    elif status in ("failed", "interrupted", "unwritten") and job.status != "succeeded":
-        job.status = status
-        job.error, job.http_status = record.get("error"), record.get("http_status")
-        job.retryable = bool(record.get("retryable", True))
-
-
-def _finish(summary: Summary, jobs: dict[str, _Job]) -> None:
+    folded = ledger.fold(ledger.ledgers(paths))
+    summary = Summary([str(p) for p in paths], runs=folded.runs, requests=folded.requests,
+                      wall_seconds=folded.wall_seconds,
+                      remaining_credits=folded.remaining_credits)  # fmt: skip
     failures: Counter[str] = Counter()
-    for job_id, job in jobs.items():
-        summary.possibly_billed += job.open_attempt + sum(job.maybe.values())
+    for job_id, job in folded.jobs.items():
         if job.status == "succeeded":
             summary.succeeded += 1
         elif job.status == "failed":
             summary.failed += 1
             reason = failure_text(job.http_status, str(job.error))
             failures[reason] += 1
+            params = job.params or {}
             summary.failed_jobs.append(
                 {"job_id": job_id, "error": reason, "retryable": job.retryable,
-                 "image": images.source(job.params.get("image_file")),
-                 "prompt": job.params.get("prompt"), "seed": job.params.get("seed")}
+                 "image": images.source(params.get("image_file")),
+                 "prompt": params.get("prompt"), "seed": params.get("seed")}
             )  # fmt: skip
         elif job.status == "unwritten":
             summary.unwritten += 1
         else:
             summary.not_finished += 1
-    summary.jobs = len(jobs)
+    summary.jobs = len(folded.jobs)
     summary.failures = dict(failures.most_common())
-    summary.spent = round(summary.spent, 6)
-    summary.possibly_billed = round(summary.possibly_billed, 6)
+    summary.spent = round(folded.spent, 6)
+    summary.possibly_billed = round(folded.possibly_billed(), 6)
+    return summary
 
 
 UNWRITTEN = "paid for but not written (see the error above); the next run pays for them again"

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from batchgen import ledger
+from batchgen.ledger import schema
 from bench.common import KEY, emulator, machine, scratch, verdict, write_manifest
 
 
@@ -55,14 +56,12 @@ def million_lines(folder: Path) -> int:
             params = {"style_type": "GENERAL", "magic_prompt_option": "AUTO", "image_weight": 50,
                       "resolution": "RESOLUTION_1024_1024", "prompt": f"prompt number {i % 1000}",
                       "seed": 100 + i % 10, "image_file": f"https://example.com/{i % 100}.jpg"}  # fmt: skip
-            base = {"v": 1, "ts": "2026-11-27T00:00:00.000Z", "job_id": job}
-            handle.write(
-                ledger.encode(
-                    {**base, "status": "started", "attempt": 1, "price": 0.063, "params": params}
-                )
-            )
-            handle.write(ledger.encode({**base, "status": "succeeded", "output": f"x/{i}.jpg", "cost": 0.063,
-                                        "bytes": 1000, "sha256": "ab" * 32, "attempts": 1, "params": params}))  # fmt: skip
+            now = 1_795_737_600.0  # 2026-11-27T00:00:00Z: the writer's lines, by the schema
+            started = schema.started(job, attempt=1, price=0.063, params=params)
+            done = schema.succeeded(job, output=f"x/{i}.jpg", cost=0.063, size=1000,
+                                    sha256="ab" * 32, attempts=1, headers={}, params=params)  # fmt: skip
+            handle.write(ledger.encode(schema.envelope(started, now)))
+            handle.write(ledger.encode(schema.envelope(done, now)))
     code = f"from pathlib import Path; from batchgen import ledger; s = ledger.load_state([Path({str(path)!r})]); print(len(s.records))"
     wall, rss, out = timed([sys.executable, "-c", code])
     return verdict(int(out) == 500_000 and wall < 10,
