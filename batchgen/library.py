@@ -193,18 +193,26 @@ async def run_async(
     storage = preflight.storage_base(storage_base, base) if upload_images else None
     owned = preflight.parse_shard(shard, shard_count)
     if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
-        from batchgen import remote
+        from batchgen import remote, store_state
 
         preflight.no_ledger_option(ledger)
+        if upload_images:
+            raise InputError("--upload-images keeps its cache of asset URLs in a local --out; "
+                             "it cannot be used with an object store --out yet")  # fmt: skip
         hooks: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         if clock is not None:
             hooks["clock"] = clock
+        how = (
+            store_state.Settlement(preflight.history_base(history_base, base), history_lag,
+                              queue_base, sleep)
+            if reconcile else None
+        )  # fmt: skip
         return await remote.run(
             str(out), manifest, api_key=key, api_base=base, owned=owned,
             options=RunOptions(concurrency, max_cost, max_attempts, retry_failed, outage_limit),
             rpm=preflight.rate(rpm, rpm_total, owned), timeout=timeout, wait_lock=wait_lock,
-            emit=emit,
-            confirm=confirm, handle_signals=handle_signals, seams=hooks,
+            emit=emit, confirm=confirm, handle_signals=handle_signals, seams=hooks,
+            settlement=how, api=api, typical_latency=typical_latency,
         )  # fmt: skip
     out_path = Path(out)
     ledger_path = preflight.written_ledger(owned, out_path, preflight.as_path(ledger))
