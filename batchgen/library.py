@@ -366,6 +366,10 @@ async def reconcile_async(
     manifest each ledger's `run` line names (if still there, unchanged), else
     `recovered/{job_id}.{ext}`. Recorded v2 request ids are polled first (at the API
     base with `/v1` made `/v2`). Never raises for the history: see `unavailable`."""
+    if objstore.is_url(out):
+        raise InputError(f"{out}: reconcile takes a local output folder; a run into an object "
+                         "store settles its ledger itself, under its lease, when it runs "
+                         "again")  # fmt: skip
     out_path = Path(out)
     paths = ledger.ledgers_in(out_path)
     if not paths:

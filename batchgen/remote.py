@@ -207,11 +207,11 @@ async def _run_leased(
         stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
         return RunResult(the_plan, out_url, ledger_url, stopped=stop, settlement=settled)
     defer = leased.settlement is not None and (settled is None or settled.unavailable is None)
-    held = settled.unknown_jobs if settled is not None else frozenset()
     batches: list[BatchResult] = []
     in_run: list[settle.SettleReport] = []
     while True:
         last_round = len(batches) + 1 >= passes.SETTLE_ROUNDS
+        held = settled.unknown_jobs if settled is not None else frozenset()
         config = BatchConfig(
             manifest=prepared.manifest, out=location.folder, ledger_path=location.folder / name,
             api_base=api_base, api_key=leased.api_key,
