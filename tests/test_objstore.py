@@ -277,7 +277,10 @@ async def test_a_holder_that_loses_its_lease_stops_sending(tmp_path: Path, bucke
             while not stolen.is_set():
                 found = await store.read_versioned(f"{bucket}/lost/ledger.jsonl.lease")
                 if found is not None:
-                    await store.replace(f"{bucket}/lost/ledger.jsonl.lease", b"{}", found[1])
+                    try:
+                        await store.replace(f"{bucket}/lost/ledger.jsonl.lease", b"{}", found[1])
+                    except Conflict:  # renewed between the read and the write: again
+                        continue
                     stolen.set()
                 await asyncio.sleep(0.01)
         finally:
