@@ -293,7 +293,7 @@ def _add_reconcile(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         "service's request history: billed images are downloaded (not paid again), the "
         "rest recorded as not billed. Appends to the ledgers; rewrites nothing.",
     )
-    rec.add_argument("out", type=Path, help="the output folder of a run")
+    rec.add_argument("out", type=location_arg, help="the output folder of a run")
     rec.add_argument("--api-base", help=f"default $SEGMIND_API_BASE, else {api.API_BASE}")
     rec.add_argument("--api-key-file", type=Path, help="read the key from this file")
     rec.add_argument("--manifest", type=Path, help="for output paths (default: the run's own)")

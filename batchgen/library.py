@@ -196,19 +196,27 @@ async def run_async(
     storage = preflight.storage_base(storage_base, base) if upload_images else None
     owned = preflight.parse_shard(shard, shard_count)
     if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
-        from batchgen import remote
+        from batchgen import remote, store_state
 
         preflight.no_ledger_option(ledger)
+        if upload_images:
+            raise InputError("--upload-images keeps its cache of asset URLs in a local --out; "
+                             "it cannot be used with an object store --out yet")  # fmt: skip
         hooks: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         if clock is not None:
             hooks["clock"] = clock
+        how = (
+            store_state.Settlement(preflight.history_base(history_base, base), history_lag,
+                              queue_base, sleep)
+            if reconcile else None
+        )  # fmt: skip
         return await remote.run(
             str(out), manifest, api_key=key, api_base=base, owned=owned,
             options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
                                first_window=concurrency),
             rpm=preflight.rate(rpm, rpm_total, owned), timeout=timeout, wait_lock=wait_lock,
-            emit=emit,
-            confirm=confirm, handle_signals=handle_signals, seams=hooks,
+            emit=emit, confirm=confirm, handle_signals=handle_signals, seams=hooks,
+            settlement=how, api=api, typical_latency=typical_latency,
         )  # fmt: skip
     out_path = Path(out)
     ledger_path = preflight.written_ledger(owned, out_path, preflight.as_path(ledger))
@@ -363,6 +371,10 @@ async def reconcile_async(
     manifest each ledger's `run` line names (if still there, unchanged), else
     `recovered/{job_id}.{ext}`. Recorded v2 request ids are polled first (at the API
     base with `/v1` made `/v2`). Never raises for the history: see `unavailable`."""
+    if objstore.is_url(out):
+        raise InputError(f"{out}: reconcile takes a local output folder; a run into an object "
+                         "store settles its ledger itself, under its lease, when it runs "
+                         "again")  # fmt: skip
     out_path = Path(out)
     paths = ledger.ledgers_in(out_path)
     if not paths:

@@ -393,6 +393,9 @@ class StoredLedger:
     def __fspath__(self) -> str:
         return self.url
 
+    def __lt__(self, other: object) -> bool:  # sorted() beside each other, as paths are
+        return str(self) < str(other)
+
 
 def ledger_names(listing: dict[str, int], location: Location) -> dict[str, list[str]]:
     """The ledgers at the top of a prefix: name -> its objects' keys (segments, or one

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,13 +60,30 @@ async def settle_first(
     paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
     wanted = LazyTargets(loaded, owned, out)
     pause = sleep or asyncio.sleep
-    began = time.time()
-    total: settle.SettleReport | None = None
-    for _ in range(SETTLE_MAX_SCANS):
-        report = await settle.settle_out(
+
+    async def scan() -> settle.SettleReport:
+        return await settle.settle_out(
             paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
             queue_base=queue_base, sleep=pause, assets=uploads.digests_by_url([out]),
         )  # fmt: skip
+
+    return await until_decided(scan, lag, emit, pause)
+
+
+Scan = Callable[[], Awaitable[settle.SettleReport]]
+
+
+async def until_decided(
+    scan: Scan, lag: float, emit: events.Listener, pause: Sleep
+) -> settle.SettleReport:
+    """Settlement passes (`scan`, one `settle.settle_out`), again while some attempt is
+    still pending or within the lag (every few seconds, for about the lag); what is
+    still unknown then is held back from sending. The local ledgers and a store's
+    (`remote`) share it."""
+    began = time.time()
+    total: settle.SettleReport | None = None
+    for _ in range(SETTLE_MAX_SCANS):
+        report = await scan()
         total = report if total is None else merged(total, report)
         if report.unavailable is not None:
             log.warning("batchgen: %s; going on without it (requests whose answers were "
@@ -116,8 +134,8 @@ def combined(
     batches: list[BatchResult],
     settled: list[settle.SettleReport],
     plan: Plan,
-    out: Path,
-    ledger_path: Path,
+    out: Path | str,
+    ledger_path: Path | str,
     price: float,
 ) -> RunResult:
     """One result for the passes of a run: what the first found done or failed before,

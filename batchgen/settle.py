@@ -57,6 +57,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path, PurePosixPath
@@ -69,6 +70,7 @@ from batchgen.ledger import scan as ledger_scan
 from batchgen.ledger import schema
 from batchgen.ledger.fold import Attempt
 from batchgen.ledger.schema import Billed
+from batchgen.ledger_sink import LedgerSink
 
 log = logging.getLogger("batchgen")
 
@@ -343,9 +345,36 @@ class SettleReport:
 Clock = Callable[[], float]
 
 
+class LedgerIO:
+    """Where settlement reads and writes: this class, the local files; an object store's
+    objects (`remote.StoreIO`) override it.
+
+    - `ledgers(read, settle)`: the ledgers to read, as of now (a local file is read
+      where it lies; a store's are read again, as `objstore.StoredLedger`s, once lines
+      were written since);
+    - `state(paths)`: what is done, by the ledgers `paths` and the images they name;
+    - `writer(path)`: the one writer of the ledger `path` (a `ledger_sink.LedgerSink`)
+      for settlement lines, a recovered image put in place by it before its
+      `succeeded` line (`submit(record, output=...)`: a file, or one PUT);
+    - `assets(paths)`: url -> sha256 of the images uploaded from their out folders."""
+
+    async def ledgers(self, read: Sequence[Path], settle: Sequence[Path]) -> list[Path]:
+        return sorted({*read, *settle})
+
+    def state(self, paths: Sequence[Path]) -> ledger.LedgerState:
+        return ledger.load_state(paths)
+
+    def writer(self, path: Path) -> AbstractAsyncContextManager[LedgerSink]:
+        return ledger.LedgerWriter(path)
+
+    def assets(self, paths: Sequence[Path]) -> Mapping[str, str]:
+        return uploads.digests_by_url(p.parent for p in paths)
+
+
 class Settler:
     """Settles attempts against one history. `settle` is the seam for one attempt (the
-    runner's, later); `settle_ledgers` does every unsettled attempt of some ledgers."""
+    runner's, later); `settle_ledgers` does every unsettled attempt of some ledgers,
+    reading and writing them through `io` (the local files unless told otherwise)."""
 
     def __init__(
         self,
@@ -354,8 +383,10 @@ class Settler:
         lag: float = HISTORY_LAG_S,
         slack: float = CLOCK_SLACK_S,
         clock: Clock = time.time,
+        io: LedgerIO | None = None,
     ) -> None:
         self.history, self.lag, self.slack, self.clock = history, lag, slack, clock
+        self.io = io or LedgerIO()
 
     async def settle(
         self,
@@ -397,13 +428,13 @@ class Settler:
         ledger, names the images requests carried as uploaded URLs (`--upload-images`).
         Appends lines; rewrites nothing. Never raises for the history: an unreadable one
         is `SettleReport.unavailable`."""
-        everything = sorted({*read, *settle})
+        everything = await self.io.ledgers(read, settle)
         view = read_view(everything)
         mine = {str(p) for p in settle}
         attempts = [a for a in view.unsettled() if str(a.ledger) in mine]
         if not attempts:
             return SettleReport()
-        state = ledger.load_state(everything)
+        state = self.io.state(everything)
         claimed = view.claimed
         targets = targets or targets_from_manifests(view.manifests)
         now = self.clock()
@@ -426,7 +457,7 @@ class Settler:
                         by_id[rid] = found
         except HistoryUnavailable as err:
             return SettleReport(unavailable=str(err), history_calls=self.history.calls)
-        known = {**uploads.digests_by_url(p.parent for p in everything), **(assets or {})}
+        known = {**self.io.assets(everything), **(assets or {})}
         by_job = _rows_by_job(view, {a.job_id for a in attempts}, rows, claimed, known)
         decisions: list[Decision] = []
         for job_id in sorted({a.job_id for a in attempts}):
@@ -447,7 +478,7 @@ class Settler:
         for decision in decisions:
             by_ledger.setdefault(decision.attempt.ledger, []).append(decision)
         for path, mine in by_ledger.items():
-            async with ledger.LedgerWriter(path) as writer:
+            async with self.io.writer(path) as writer:
                 for decision in mine:
                     attempt, row = decision.attempt, decision.row
                     if decision.verdict is Verdict.UNKNOWN:
@@ -479,7 +510,7 @@ class Settler:
 
     async def _recover(
         self,
-        writer: ledger.LedgerWriter,
+        writer: LedgerSink,
         attempt: Attempt,
         row: Row,
         targets: Targets,
@@ -528,7 +559,7 @@ class Settler:
         queued are polled again every 1-2 s for up to `wait` seconds; what is still open
         then, gone (404: past the hour records live) or unreachable is left to the
         request history. Nothing is sent."""
-        everything = sorted({*read, *settle})
+        everything = await self.io.ledgers(read, settle)
         view = read_view(everything)
         mine = {str(p) for p in settle}
         attempts = [a for a in view.unsettled()
@@ -556,13 +587,13 @@ class Settler:
             await sleep(random.uniform(queue_client.POLL_MIN_S, queue_client.POLL_MAX_S))
         if not results:
             return SettleReport(polls=polls)
-        state = ledger.load_state(everything)
+        state = self.io.state(everything)
         targets = targets or targets_from_manifests(view.manifests)
         counts = {"recovered": 0, "billed": 0, "failed": 0}
         saved = 0.0
         recovered: set[str] = set()
         for path in sorted({a.ledger for a in attempts if a.key in results}):
-            async with ledger.LedgerWriter(path) as writer:
+            async with self.io.writer(path) as writer:
                 for attempt in (a for a in attempts if a.ledger == path and a.key in results):
                     answer = results[attempt.key]
                     cost = answer.cost if answer.cost is not None else attempt.price
@@ -718,15 +749,19 @@ async def settle_out(
     queue_wait: float = QUEUE_WAIT_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     assets: Mapping[str, str] | None = None,
+    io: LedgerIO | None = None,
+    only: Sequence[Path] | None = None,
 ) -> SettleReport:
     """One settlement pass over the ledgers `paths` of an out folder: those this process
     holds or can lock are settled, the rest only read. With `queue_base` (the v2 base),
     recorded v2 request ids are polled first (`Settler.collect_queued`). `assets`: see
-    `settle_ledgers`."""
-    with lockable(paths, held) as usable:
-        skipped = tuple(str(p) for p in paths if p not in usable)
+    `settle_ledgers`. `io` and `only`: ledgers on an object store (`remote.StoreIO`),
+    of which only those in `only` are settled (their leases the caller holds: a store
+    has no run locks to take), the rest read."""
+
+    async def settle(usable: Sequence[Path]) -> SettleReport:
         async with History(api_key=api_key, base=history_base) as history:
-            settler = Settler(history, lag=lag, clock=clock)
+            settler = Settler(history, lag=lag, clock=clock, io=io)
             first = SettleReport()
             if queue_base is not None:
                 first = await settler.collect_queued(
@@ -736,9 +771,13 @@ async def settle_out(
                 report = await settler.settle_ledgers(usable, paths, targets, assets)
             except HistoryUnavailable as err:  # never into a run
                 report = SettleReport(unavailable=str(err))
-            report = first.then(report)
-    if skipped:
-        from dataclasses import replace
+            return first.then(report)
 
+    if only is not None:
+        return await settle(only)
+    with lockable(paths, held) as usable:
+        skipped = tuple(str(p) for p in paths if p not in usable)
+        report = await settle(usable)
+    if skipped:
         report = replace(report, skipped_ledgers=skipped)
     return report
