@@ -47,6 +47,8 @@ FIELDS: Final = (
     "image_file", "prompt", "negative_prompt", "seed", "style_type",
     "magic_prompt_option", "image_weight", "resolution", "color_palette",
 )  # fmt: skip
+PARAMETERS: Final = FIELDS[1:]  # a job's parameters besides its input image
+INTEGER_FIELDS: Final = ("seed", "image_weight")
 TEXT_FIELDS: Final = (  # the fields whose values are strings
     "image_file", "prompt", "negative_prompt", "style_type", "magic_prompt_option", "resolution",
 )  # fmt: skip

@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from batchgen import api
 from batchgen.errors import InputError
 
-FIELDS: Final = (
-    "prompt", "negative_prompt", "seed", "style_type", "resolution", "image_weight",
-    "magic_prompt_option", "color_palette", "model", "job_id", "source",
-)  # fmt: skip
+FIELDS: Final = (*api.PARAMETERS, "model", "job_id", "source")
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _PNG_KEYWORDS: Final = (b"parameters", b"batchgen")
 _SOI: Final = b"\xff\xd8"

@@ -17,14 +17,11 @@ from typing import Any, Final
 
 from anyascii import anyascii
 
+from batchgen import api
+
 DEFAULT_TEMPLATE: Final = "{image}/{prompt}-{seed}-{job_id:.8}.{ext}"
 EXT_TOKEN: Final = "{ext}"  # left in rendered paths: the extension is known only from the answer
-FIELDS: Final = frozenset(
-    {
-        "image", "prompt", "negative_prompt", "seed", "style_type", "resolution",
-        "image_weight", "magic_prompt_option", "color_palette", "job_id", "model", "ext",
-    }
-)  # fmt: skip
+FIELDS: Final = frozenset({"image", *api.PARAMETERS, "job_id", "model", "ext"})
 MAX_FIELD_CHARS: Final = 60
 NON_ASCII_MARK_CHARS: Final = 6  # hex digits of the original beside a transliteration
 MAX_COMPONENT_CHARS: Final = 120

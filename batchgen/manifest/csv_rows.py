@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-INT_FIELDS = frozenset({"seed", "image_weight"})
+from batchgen import api
+
+INT_FIELDS: Final = frozenset(api.INTEGER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
