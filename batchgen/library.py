@@ -30,7 +30,6 @@ from batchgen import (
     grid,
     ledger,
     objstore,
-    passes,
     preflight,
     queue_client,
     retry,
@@ -47,6 +46,7 @@ from batchgen.pacing import Clock, Sleep
 from batchgen.planning import ImageTally, Plan
 from batchgen.results import RunResult
 from batchgen.runner import RunOptions
+from batchgen.settle import passes
 from batchgen.stops import Stop, StopReason
 
 log = logging.getLogger("batchgen")
@@ -196,7 +196,8 @@ async def run_async(
     storage = preflight.storage_base(storage_base, base) if upload_images else None
     owned = preflight.parse_shard(shard, shard_count)
     if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
-        from batchgen import remote, store_state
+        from batchgen import remote
+        from batchgen.settle.store import Settlement
 
         preflight.no_ledger_option(ledger)
         if upload_images:
@@ -206,8 +207,8 @@ async def run_async(
         if clock is not None:
             hooks["clock"] = clock
         how = (
-            store_state.Settlement(preflight.history_base(history_base, base), history_lag,
-                              queue_base, sleep)
+            Settlement(preflight.history_base(history_base, base), history_lag, queue_base,
+                       sleep)
             if reconcile else None
         )  # fmt: skip
         return await remote.run(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from batchgen import events, grid, ledger, objstore, passes, preflight, settle, summaries
+from batchgen import events, grid, ledger, objstore, preflight, settle, summaries
 from batchgen.batch import BatchConfig, BatchResult, run_batch
 from batchgen.errors import BatchgenError, InputError, LedgerError
 from batchgen.grid import Job
@@ -33,9 +33,10 @@ from batchgen.planning import Plan, make_plan
 from batchgen.results import RunResult
 from batchgen.runner import RunOptions
 from batchgen.segments import SegmentWriter
+from batchgen.settle import passes
+from batchgen.settle.store import Settlement, StoreState, settle_store
 from batchgen.shard import Shard
 from batchgen.stops import Stop, StopReason
-from batchgen.store_state import Settlement, StoreState, settle_store
 
 log = logging.getLogger("batchgen")
 T = TypeVar("T")

@@ -36,7 +36,7 @@ class Summary:
 def summarize(paths: Iterable[Path]) -> Summary:
     """The report of some ledgers, from the one fold every reader uses (`ledger.fold`):
     an attempt that may have been billed (`maybe`, or cut short by a crash) is possibly
-    billed until a line settles it (batchgen/settle.py); then it counts as what the
+    billed until a line settles it (batchgen/settle/); then it counts as what the
     service charged: spent, or nothing."""
     paths = list(paths)
     folded = ledger.fold(ledger.ledgers(paths))

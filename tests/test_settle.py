@@ -16,6 +16,7 @@ import pytest
 import batchgen
 from batchgen import api, grid, ledger, manifest, settle
 from batchgen.emulator import RunningEmulator
+from batchgen.history import Row
 from batchgen.images import EncodedImages, LocalImage
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
@@ -315,8 +316,8 @@ def key_file(tmp_path: Path, key: str) -> Path:
 
 
 def test_settled_lines_name_their_attempt(tmp_path: Path) -> None:
-    row = settle.Row("r1", "FAILED", 0.0, {}, None, 0.0)
-    attempt = settle.Attempt(tmp_path / "l.jsonl", "ab" * 16, "2026-01-01T00:00:00.000Z", 2,
+    row = Row("r1", "FAILED", 0.0, {}, None, 0.0)
+    attempt = ledger.Attempt(tmp_path / "l.jsonl", "ab" * 16, "2026-01-01T00:00:00.000Z", 2,
                              0.0, {}, billed="maybe")  # fmt: skip
     line = settle.settled_line(settle.Decision(attempt, settle.Verdict.NOT_BILLED, row))
     assert line["settles"] == {"started": "2026-01-01T00:00:00.000Z", "attempt": 2}

@@ -3,7 +3,7 @@
 `StoreState` is resume state whose finished images are objects: a job is done when its
 image object is there with the recorded size (one listing; a store has no cheap way to
 hash it again). `StoreIO` is settlement's reads and writes on a store
-(`settle.LedgerIO`), and `settle_store` one settlement of a store run's ledger, under
+(`LedgerIO`), and `settle_store` one settlement of a store run's ledger, under
 its lease, as `passes.settle_first` settles a local one: the same engine, the same
 lines, the recovered images PUT to the store.
 """
@@ -16,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
 
-from batchgen import events, ledger, objstore, passes, settle
+from batchgen import events, ledger, objstore
 from batchgen.errors import LedgerError
 from batchgen.objstore import Store, StoredLedger
 from batchgen.pacing import Sleep
 from batchgen.segments import SegmentWriter
+from batchgen.settle.decision import HISTORY_LAG_S
+from batchgen.settle.folder import settle_out
+from batchgen.settle.ledger_io import LedgerIO
+from batchgen.settle.passes import until_decided
+from batchgen.settle.report import SettleReport
+from batchgen.settle.targets import Targets
 
 
 @dataclass
@@ -42,8 +48,8 @@ class StoreState(ledger.LedgerState):
         return PurePosixPath(path).as_posix() in self.objects
 
 
-class StoreIO(settle.LedgerIO):
-    """Settlement's reads and writes on a store (`settle.LedgerIO`): the ledgers read
+class StoreIO(LedgerIO):
+    """Settlement's reads and writes on a store (`LedgerIO`): the ledgers read
     from their segments (again once this pass has written), what is done by them and
     one listing of the objects, and the lines in new segments of this run's ledger,
     whose lease the caller holds, each recovered image PUT before its line. No asset
@@ -83,7 +89,7 @@ class Settlement:
     polled)."""
 
     history_base: str
-    lag: float = settle.HISTORY_LAG_S
+    lag: float = HISTORY_LAG_S
     queue_base: str | None = None
     sleep: Sleep | None = None
 
@@ -92,12 +98,12 @@ async def settle_store(
     store: Store,
     name: str,
     writer: Callable[[], SegmentWriter],
-    targets: settle.Targets,
+    targets: Targets,
     *,
     api_key: str,
     how: Settlement,
     emit: events.Listener,
-) -> settle.SettleReport:
+) -> SettleReport:
     """What earlier runs left ambiguous in this run's ledger on the store (the lease
     held), settled as on disk (`passes.until_decided`): read from its segments, with
     every other ledger under the prefix for what is done and which ids are claimed;
@@ -106,15 +112,15 @@ async def settle_store(
     leases."""
     pause = how.sleep or asyncio.sleep
 
-    async def scan() -> settle.SettleReport:
+    async def scan() -> SettleReport:
         io = StoreIO(store, name, writer)
         paths = await io.ledgers((), ())
         own = [path for path in paths if path.name == name]
         if not own:
-            return settle.SettleReport()
-        return await settle.settle_out(
+            return SettleReport()
+        return await settle_out(
             paths, api_key=api_key, history_base=how.history_base, lag=how.lag,
             targets=targets, queue_base=how.queue_base, sleep=pause, io=io, only=own,
         )  # fmt: skip
 
-    return await passes.until_decided(scan, how.lag, emit, pause)
+    return await until_decided(scan, how.lag, emit, pause)

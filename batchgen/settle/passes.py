@@ -1,6 +1,6 @@
 """The settlement passes of a run: before it, what earlier runs left ambiguous; after each
 pass, what this one did (answers lost after sending, deferred by the runner instead of
-paid again). Settled from the request history (`settle.py`); what it says was not billed
+paid again). Settled from the request history (`folder.settle_out`); what it says was not billed
 is sent again in the next pass, and the passes' results combine into one.
 """
 
@@ -14,19 +14,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from batchgen import (
-    events,
-    ledger,
-    preflight,
-    settle,
-    shard,
-    uploads,
-)
+from batchgen import events, ledger, preflight, shard, uploads
 from batchgen.batch import BatchResult
 from batchgen.manifest import Manifest
 from batchgen.pacing import Sleep
 from batchgen.planning import Plan
 from batchgen.results import RunResult
+from batchgen.settle.folder import settle_out
+from batchgen.settle.report import SettleReport
+from batchgen.settle.targets import Targets
 
 log = logging.getLogger("batchgen")
 
@@ -51,7 +47,7 @@ async def settle_first(
     emit: events.Listener,
     sleep: Sleep | None,
     queue_base: str | None = None,
-) -> settle.SettleReport:
+) -> SettleReport:
     """Settle what earlier runs left ambiguous, before the plan pass reads any state.
     First the v2 requests whose ids were recorded are polled at `queue_base` (what
     completed is downloaded); then the history. While some attempt is still pending or
@@ -61,8 +57,8 @@ async def settle_first(
     wanted = LazyTargets(loaded, owned, out)
     pause = sleep or asyncio.sleep
 
-    async def scan() -> settle.SettleReport:
-        return await settle.settle_out(
+    async def scan() -> SettleReport:
+        return await settle_out(
             paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
             queue_base=queue_base, sleep=pause, assets=uploads.digests_by_url([out]),
         )  # fmt: skip
@@ -70,18 +66,18 @@ async def settle_first(
     return await until_decided(scan, lag, emit, pause)
 
 
-Scan = Callable[[], Awaitable[settle.SettleReport]]
+Scan = Callable[[], Awaitable[SettleReport]]
 
 
 async def until_decided(
     scan: Scan, lag: float, emit: events.Listener, pause: Sleep
-) -> settle.SettleReport:
-    """Settlement passes (`scan`, one `settle.settle_out`), again while some attempt is
+) -> SettleReport:
+    """Settlement passes (`scan`, one `settle_out`), again while some attempt is
     still pending or within the lag (every few seconds, for about the lag); what is
     still unknown then is held back from sending. The local ledgers and a store's
-    (`remote`) share it."""
+    (`settle.store`) share it."""
     began = time.time()
-    total: settle.SettleReport | None = None
+    total: SettleReport | None = None
     for _ in range(SETTLE_MAX_SCANS):
         report = await scan()
         total = report if total is None else merged(total, report)
@@ -100,7 +96,7 @@ async def until_decided(
     return total
 
 
-def merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleReport:
+def merged(a: SettleReport, b: SettleReport) -> SettleReport:
     """Two scans as one: counts added, what is still unknown from the last."""
     return replace(
         b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
@@ -111,7 +107,7 @@ def merged(a: settle.SettleReport, b: settle.SettleReport) -> settle.SettleRepor
     )  # fmt: skip
 
 
-class LazyTargets(settle.Targets):
+class LazyTargets(Targets):
     """Output paths from the manifest, expanded only once an image is to be placed."""
 
     def __init__(self, loaded: Manifest, owned: shard.Shard | None, out: Path) -> None:
@@ -132,7 +128,7 @@ SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not b
 
 def combined(
     batches: list[BatchResult],
-    settled: list[settle.SettleReport],
+    settled: list[SettleReport],
     plan: Plan,
     out: Path | str,
     ledger_path: Path | str,
