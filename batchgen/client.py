@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import select
 import time
 import weakref
@@ -50,7 +51,20 @@ class Answer:
     format: str  # 'jpeg' | 'png' | 'webp', by the bytes
     headers: Mapping[str, str]  # the contract's response headers that were present
     request_id: str | None = None  # the service's id, when it gave one (v2)
-    cost: float | None = None  # what the service said it charged (v2's metrics.cost)
+    cost: float | None = None  # what the service said it charged (x-cost; v2's metrics.cost)
+
+
+def charged(value: object) -> float | None:
+    """What the service says a request cost (USD: Segmind's credits are dollars), when it
+    says it as a number: the money in the ledger is the money the service charged, and
+    the manifest's price only stands in when the answer does not say."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        cost = float(value)
+    except ValueError:
+        return None
+    return cost if math.isfinite(cost) and cost >= 0 else None
 
 
 class _Connector(aiohttp.TCPConnector):
@@ -192,7 +206,7 @@ class Client:
             headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
                        if name in response.headers}  # fmt: skip
             payload = await _read_image(response)
-        return Answer(payload, _kind(payload), headers)
+        return Answer(payload, _kind(payload), headers, cost=charged(headers.get("x-cost")))
 
     async def _send(
         self, session: aiohttp.ClientSession, url: str, body: bytes

@@ -43,7 +43,7 @@ from typing import Any, Final
 import aiohttp
 
 from batchgen import api, history, retry
-from batchgen.client import ERROR_BODY_BYTES, Answer, Client
+from batchgen.client import ERROR_BODY_BYTES, Answer, Client, charged
 from batchgen.errors import (
     AnswerProblem,
     ApiStatusError,
@@ -126,7 +126,7 @@ def parse_result(status: int, data: object) -> Poll:
     return Poll(
         "COMPLETED",
         output=url,
-        cost=_number(metrics.get("cost")),
+        cost=charged(metrics.get("cost")),
         remaining_credits=_number(metrics.get("remaining_credits")),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         total_time=_number(metrics.get("total_time")),

@@ -325,6 +325,22 @@ def test_settled_lines_name_their_attempt(tmp_path: Path) -> None:
     assert json.loads(ledger.encode(line))  # one JSON line
 
 
+async def test_the_runs_money_is_what_the_service_charged_not_the_manifests_price(
+    tmp_path: Path,
+) -> None:
+    """The service charges $0.08 here, the manifest says $0.063: attempts settled within
+    the run count at what their history rows say, as the report does, not at the price
+    the runner held them possibly billed at."""
+    make_project(tmp_path, images=4, prompts=3, seeds=3)  # 36 jobs: m.yaml
+    async with emulated(**NIGHT, price=0.08) as served:
+        result = await night_result(tmp_path, served, sleep=FakeSleep())
+        assert served.stats.by_status.get(504, 0) >= 3, "the seed should lose a few answers"
+        spent = served.stats.spent
+    assert spent == pytest.approx(0.08 * served.stats.billed_total)
+    assert result.spent == pytest.approx(spent) and result.possibly_billed == 0
+    assert batchgen.report(tmp_path / "out").spent == pytest.approx(spent)
+
+
 async def test_an_outage_of_billed_504s_is_settled_not_resent(tmp_path: Path) -> None:
     """Six billed 504s in a row open the circuit breaker (an outage by its look); each
     may have been billed, so none is sent again before the history says."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+import batchgen
 from batchgen import api, grid, ledger, manifest
 from batchgen.cli import main
 from batchgen.client import Answer
@@ -592,3 +593,27 @@ async def test_a_resend_is_not_a_second_first_attempt(
     if isinstance(errors[0], TransportError):
         assert [r.get("resend", False) for r in started] == [False, True, True]
     assert ledger.load_state([out / ledger.DEFAULT_NAME]).records  # the scanner reads it
+
+
+@pytest.mark.parametrize(
+    ("header", "each"),
+    [("0.1", 0.1), ("0", 0.0), ("abc", api.PRICE_USD), ("-1", api.PRICE_USD),
+     ("nan", api.PRICE_USD), (None, api.PRICE_USD)],
+)  # fmt: skip
+async def test_the_money_is_what_x_cost_says_the_service_charged(
+    tmp_path: Path, header: str | None, each: float
+) -> None:
+    """A 200's `x-cost` (USD credits) is the money in the ledger, the result and the
+    report; the manifest's price stands in only when the answer says no usable figure."""
+    m = make_project(tmp_path, images=2, prompts=1, seeds=2)  # 4 jobs
+    out = tmp_path / "out"
+
+    async def charging(request: web.Request, seen: Seen) -> web.StreamResponse:
+        headers = {"x-cost": header} if header is not None else {}
+        return web.Response(body=JPEG, content_type="image/jpeg", headers=headers)
+
+    async with web_server(charging) as (api_base, _seen):
+        result = await run_against(api_base, m, out, concurrency=2)
+    assert result.succeeded == 4 and result.spent == pytest.approx(4 * each)
+    assert [r["cost"] for r in lines(out) if r["status"] == "succeeded"] == [each] * 4
+    assert batchgen.report(out).spent == pytest.approx(4 * each)

@@ -100,6 +100,7 @@ def merged(a: SettleReport, b: SettleReport) -> SettleReport:
     """Two scans as one: counts added, what is still unknown from the last."""
     return replace(
         b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
+        charged=round(a.charged + b.charged, 6),
         billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
         polled=a.polled + b.polled, failed=a.failed + b.failed, polls=a.polls + b.polls,
         recovered_jobs=a.recovered_jobs | b.recovered_jobs,
@@ -136,14 +137,14 @@ def combined(
 ) -> RunResult:
     """One result for the passes of a run: what the first found done or failed before,
     what all of them did, what the last left; the money of attempts settled in the run
-    moved from possibly billed to spent, or to nothing."""
+    moved from possibly billed (at `price`, as the runner counted it) to spent (at what
+    the service charged, as the settling lines say), or to nothing."""
     first, last = batches[0].totals, batches[-1].totals
     failures: Counter[tuple[int | None, str]] = Counter()
     for batch in batches:
         failures.update(batch.totals.failures)
     recovered = sum(r.recovered for r in settled)
-    billed = recovered + sum(r.billed for r in settled)
-    decided = billed + sum(r.not_billed + r.failed for r in settled)
+    decided = recovered + sum(r.billed + r.not_billed + r.failed for r in settled)
     return RunResult(
         plan, out, ledger_path,
         succeeded=sum(b.totals.succeeded for b in batches) + recovered,
@@ -152,7 +153,7 @@ def combined(
         skipped_failed=first.skipped_failed,
         not_run=last.not_run,
         unwritten=sum(b.totals.unwritten for b in batches),
-        spent=round(sum(b.totals.spent for b in batches) + billed * price, 6),
+        spent=round(sum(b.totals.spent for b in batches) + sum(r.charged for r in settled), 6),
         possibly_billed=round(
             max(0.0, sum(b.totals.possibly_billed for b in batches) - decided * price), 6
         ),

@@ -73,7 +73,7 @@ async def collect_queued(
     state = io.state(everything)
     targets = targets or targets_from_manifests(view.manifests)
     counts = {"recovered": 0, "billed": 0, "failed": 0}
-    saved = 0.0
+    saved = charged = 0.0
     recovered: set[str] = set()
     for path in sorted({a.ledger for a in attempts if a.key in results}):
         async with io.writer(path) as writer:
@@ -87,10 +87,12 @@ async def collect_queued(
                     if await recover(history, writer, attempt, row, targets, {"polled": True}):
                         counts["recovered"] += 1
                         saved += attempt.price or cost
+                        charged += cost if attempt.ambiguous else 0.0  # as its line says
                         recovered.add(attempt.job_id)
                     continue  # not fetched: the history step tries its generation_url
                 if answer.state == "COMPLETED":
                     counts["billed"] += 1
+                    charged += cost
                     await writer.write(queued_line(attempt, "billed", cost))
                 elif done:
                     counts["failed"] += 1
@@ -100,6 +102,6 @@ async def collect_queued(
                     await writer.write(failed_line(attempt, answer.error or "FAILED"))
     return SettleReport(
         recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
-        failed=counts["failed"], polled=counts["recovered"],
+        charged=round(charged, 6), failed=counts["failed"], polled=counts["recovered"],
         recovered_jobs=frozenset(recovered), polls=polls,
     )  # fmt: skip

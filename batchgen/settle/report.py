@@ -13,6 +13,8 @@ class SettleReport:
 
     recovered: int = 0  # images downloaded instead of paid again
     saved: float = 0.0  # what those would have cost again
+    charged: float = 0.0  # what the attempts found billed cost, as their lines say: the
+    # service's figure (the row's), which may differ from the manifest's price
     billed: int = 0  # other attempts found billed (no image needed, or none to be had)
     not_billed: int = 0
     unknown: int = 0  # left for the next scan (pending, or within the lag)
@@ -36,6 +38,7 @@ class SettleReport:
         return replace(
             later, recovered=self.recovered + later.recovered,
             saved=round(self.saved + later.saved, 6), billed=self.billed + later.billed,
+            charged=round(self.charged + later.charged, 6),
             not_billed=self.not_billed + later.not_billed, lost=self.lost + later.lost,
             unknown=self.unknown + later.unknown, polled=self.polled + later.polled,
             failed=self.failed + later.failed, polls=self.polls + later.polls,

@@ -134,7 +134,7 @@ class Settler:
     async def _apply(self, decisions: list[Decision], targets: Targets, now: float) -> SettleReport:
         """Each decision's line, ledger by ledger, an image to recover fetched first."""
         counts = {"recovered": 0, "billed": 0, "not_billed": 0, "unknown": 0, "lost": 0}
-        saved = 0.0
+        saved = charged = 0.0
         recovered: set[str] = set()
         unknown: set[str] = set()
         retry_at: float | None = None
@@ -155,6 +155,7 @@ class Settler:
                         if await recover(self.history, writer, attempt, row, targets):
                             counts["recovered"] += 1
                             saved += attempt.price or row.cost
+                            charged += row.cost if attempt.ambiguous else 0.0  # as its line
                             recovered.add(attempt.job_id)
                             continue
                         counts["lost"] += 1
@@ -164,9 +165,12 @@ class Settler:
                         counts["billed"] += 1
                     else:
                         counts["not_billed"] += 1
-                    await writer.write(settled_line(decision))
+                    line = settled_line(decision)
+                    charged += line["cost"] if attempt.ambiguous else 0.0  # else counted
+                    await writer.write(line)
         return SettleReport(
             recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
+            charged=round(charged, 6),
             not_billed=counts["not_billed"], unknown=counts["unknown"], lost=counts["lost"],
             recovered_jobs=frozenset(recovered), unknown_jobs=frozenset(unknown),
             retry_at=retry_at, history_calls=self.history.calls,
