@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
 
-from batchgen import events, ledger, objstore, passes, settle
+from batchgen import events, ledger, passes, settle
 from batchgen.errors import LedgerError
-from batchgen.objstore import Store, StoredLedger
 from batchgen.pacing import Sleep
-from batchgen.segments import SegmentWriter
+from batchgen.store.ledgers import StoredLedger, read_ledgers
+from batchgen.store.objects import Store
+from batchgen.store.segments import SegmentWriter
 
 
 @dataclass
@@ -57,7 +58,7 @@ class StoreIO(settle.LedgerIO):
     async def ledgers(self, read: Sequence[Path], settle: Sequence[Path]) -> list[Path]:
         if self._read is None:
             self.listing = await self.store.listing(self.store.location.root)
-            self._read = await objstore.read_ledgers(self.store, self.listing)
+            self._read = await read_ledgers(self.store, self.listing)
         return cast(list[Path], list(self._read))
 
     def state(self, paths: Sequence[Path]) -> ledger.LedgerState:
