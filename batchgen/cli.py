@@ -23,7 +23,7 @@ from batchgen import __version__, api, commands, library, retry, settle
 from batchgen.argtypes import non_negative, positive, positive_int
 from batchgen.commands import EXIT_OK, EXIT_STOPPED, EXIT_USAGE
 from batchgen.errors import InputError, LedgerError, LockedError, ServiceError
-from batchgen.objstore import location_arg
+from batchgen.store.location import location_arg
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

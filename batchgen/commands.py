@@ -17,10 +17,10 @@ from batchgen import (
     events,
     ledger,
     library,
-    objstore,
     retry,
     run_summary,
     settle,
+    store,
     summaries,
 )
 from batchgen.api import TYPICAL_LATENCY_S
@@ -137,9 +137,9 @@ def refresh_gallery(out: Path | str, jobs: int) -> str:
         return f"not refreshed for {jobs:,} jobs: `batchgen gallery {out}` makes one"
     try:
         if isinstance(out, str):  # an object store's URL
-            from batchgen import remote
+            from batchgen.store import gallery as store_gallery
 
-            return remote.write_gallery(out)
+            return store_gallery.write_gallery(out)
         return str(gallery.write_gallery(ledger.ledgers_in(out)))
     except (OSError, ValueError, InputError) as err:
         return f"(not written: {err})"
@@ -275,10 +275,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from batchgen import metadata
 
-    if objstore.is_url(args.image):  # an image on an object store
-        from batchgen import remote
+    if store.is_url(args.image):  # an image on an object store
+        from batchgen.store import reading
 
-        meta = metadata.read(remote.read_object(args.image))
+        meta = metadata.read(reading.read_object(args.image))
         if meta is None:
             raise InputError(f"{args.image}: no batchgen parameters found")
     else:
@@ -297,12 +297,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from batchgen import gallery
 
-    if any(objstore.is_url(item) for item in [*args.ledgers, args.output]):
-        from batchgen import remote
+    if any(store.is_url(item) for item in [*args.ledgers, args.output]):
+        from batchgen.store import gallery as store_gallery
 
-        if len(args.ledgers) != 1 or not objstore.is_url(args.ledgers[0]):
+        if len(args.ledgers) != 1 or not store.is_url(args.ledgers[0]):
             raise InputError("a store's gallery is made from one URL: batchgen gallery s3://b/p")
-        print(f"gallery     {remote.write_gallery(args.ledgers[0], args.output)}")
+        print(f"gallery     {store_gallery.write_gallery(args.ledgers[0], args.output)}")
         return EXIT_OK
     paths = library.ledger_files(args.ledgers)
     try:

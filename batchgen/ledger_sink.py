@@ -1,5 +1,5 @@
 """What the runner needs of a ledger writer: the local file's (`ledger.LedgerWriter`,
-group-committed fsyncs) and an object store's (`segments.SegmentWriter`, one segment
+group-committed fsyncs) and an object store's (`store.segments.SegmentWriter`, one segment
 object per commit) both satisfy it."""
 
 from __future__ import annotations

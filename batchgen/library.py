@@ -29,11 +29,11 @@ from batchgen import (
     events,
     grid,
     ledger,
-    objstore,
     preflight,
     queue_client,
     retry,
     settle,
+    store,
     summaries,
     uploads,
 )
@@ -81,11 +81,11 @@ def plan(
     under `out` says, are not counted again).
     Raises InputError (every problem of the manifest at once) or LedgerError."""
     owned = preflight.parse_shard(shard, shard_count)
-    if objstore.is_url(out):  # an object store: batchgen.remote
-        from batchgen import remote
+    if store.is_url(out):  # an object store: batchgen.store
+        from batchgen.store import planning
 
         preflight.no_ledger_option(ledger)
-        return remote.plan(
+        return planning.plan(
             str(out), manifest, owned=owned, retry_failed=retry_failed, concurrency=concurrency,
             rpm=preflight.rate(rpm, rpm_total, owned),
             split_into=shard_count if owned is None else None,
@@ -195,9 +195,9 @@ async def run_async(
     queue_base = preflight.queue_base(api, base)
     storage = preflight.storage_base(storage_base, base) if upload_images else None
     owned = preflight.parse_shard(shard, shard_count)
-    if objstore.is_url(out):  # an object store: the same rules, in batchgen.remote
-        from batchgen import remote
+    if store.is_url(out):  # an object store: the same rules, in batchgen.store
         from batchgen.settle.store import Settlement
+        from batchgen.store import running
 
         preflight.no_ledger_option(ledger)
         if upload_images:
@@ -211,7 +211,7 @@ async def run_async(
                        sleep)
             if reconcile else None
         )  # fmt: skip
-        return await remote.run(
+        return await running.run(
             str(out), manifest, api_key=key, api_base=base, owned=owned,
             options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
                                first_window=concurrency),
@@ -372,7 +372,7 @@ async def reconcile_async(
     manifest each ledger's `run` line names (if still there, unchanged), else
     `recovered/{job_id}.{ext}`. Recorded v2 request ids are polled first (at the API
     base with `/v1` made `/v2`). Never raises for the history: see `unavailable`."""
-    if objstore.is_url(out):
+    if store.is_url(out):
         raise InputError(f"{out}: reconcile takes a local output folder; a run into an object "
                          "store settles its ledger itself, under its lease, when it runs "
                          "again")  # fmt: skip
@@ -411,7 +411,7 @@ def report(*ledgers: str | os.PathLike[str]) -> summaries.Summary:
     `ledger*.jsonl` in them (the current folder when none is given), or object store
     URLs (`s3://bucket/prefix`: every ledger's segments there)."""
     return summaries.summarize(
-        ledger_files([str(item) if objstore.is_url(item) else Path(item) for item in ledgers])
+        ledger_files([str(item) if store.is_url(item) else Path(item) for item in ledgers])
     )
 
 
@@ -420,10 +420,10 @@ def ledger_files(given: list[Path | str]) -> list[Path]:
     stands for the ledgers under it (read whole, for the readers of ledger files)."""
     paths: list[Path] = []
     for item in given or [Path(".")]:
-        if isinstance(item, str) and objstore.is_url(item):
-            from batchgen import remote
+        if isinstance(item, str) and store.is_url(item):
+            from batchgen.store import reading
 
-            paths += cast(list[Path], remote.ledgers_at(item))
+            paths += cast(list[Path], reading.ledgers_at(item))
             continue
         item = Path(item)
         found = ledger.ledgers_in(item) if item.is_dir() else [item] if item.exists() else []

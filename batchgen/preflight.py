@@ -3,7 +3,7 @@
 The key and the API's address; the shard and the rate; the ledger it writes and the lock
 on it (taken before any state is read); the manifest, loaded so that outputs are never
 inputs; the resume state from every ledger under `out`; output paths another job's paid
-image owns; room on disk. `library.run_async` (and `remote` for object stores) applies
+image owns; room on disk. `library.run_async` (and `store.running` for object stores) applies
 them; nothing here sends a request.
 """
 

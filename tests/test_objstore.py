@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 import batchgen
-from batchgen import objstore, segments
 from batchgen.errors import InputError, LockedError
-from batchgen.lease import Lease
-from batchgen.objstore import Conflict, Location, Store
 from batchgen.stops import StopReason
+from batchgen.store import segments
+from batchgen.store.lease import Lease
+from batchgen.store.ledgers import covering, read_ledgers
+from batchgen.store.location import Location, is_url, location_arg
+from batchgen.store.objects import Conflict, Store
 from tests.processes import batchgen as batchgen_process
 from tests.processes import emulator_process
 from tests.runs import FakeSleep, emulated, job_fingerprints, make_project, run
@@ -53,7 +55,7 @@ def ledger_lines(endpoint: str, bucket: str, prefix: str) -> list[dict[str, obje
     found = objects(endpoint, bucket, prefix + "/")
     names = [key.rsplit("/", 1)[1] for key in found if ".jsonl.d/" in key]
     keys = {key.rsplit("/", 1)[1]: key for key in found if ".jsonl.d/" in key}
-    data = b"".join(found[keys[name]] for name, _, _ in objstore.covering(names))
+    data = b"".join(found[keys[name]] for name, _, _ in covering(names))
     return [json.loads(line) for line in data.splitlines()]
 
 
@@ -128,9 +130,9 @@ def test_a_missing_backend_is_a_clear_error(
 
 
 def test_plain_paths_and_file_urls_stay_local(tmp_path: Path) -> None:
-    assert not objstore.is_url(str(tmp_path)) and not objstore.is_url(f"file://{tmp_path}")
-    assert objstore.location_arg(f"file://{tmp_path}") == tmp_path
-    assert objstore.location_arg("s3://b/p/") == "s3://b/p"
+    assert not is_url(str(tmp_path)) and not is_url(f"file://{tmp_path}")
+    assert location_arg(f"file://{tmp_path}") == tmp_path
+    assert location_arg("s3://b/p/") == "s3://b/p"
 
 
 # -- the store's conditional writes -----------------------------------------------------
@@ -197,7 +199,7 @@ async def test_readers_take_a_merged_segment_over_the_parts_it_covers(bucket: st
             await store.put(location.key(f"ledger.jsonl.d/{n:06d}.jsonl"), line % n)
         await store.put(location.key("ledger.jsonl.d/000001-000002.jsonl"), line % 1 + line % 2)
         listing = await store.listing(location.root)
-        (stored,) = await objstore.read_ledgers(store, listing)
+        (stored,) = await read_ledgers(store, listing)
         assert [n for n, _ in stored.ledger_lines()] == [1, 2, 3]
         assert b"".join(text for _, text in stored.ledger_lines()) == line % 1 + line % 2 + line % 3
         writer = segment_writer(store)
@@ -220,7 +222,7 @@ async def test_a_reader_racing_a_compaction_reads_the_merged_segment(bucket: str
         stale = await store.listing(location.root)  # listed, then another run merges
         await store.put(location.key("ledger.jsonl.d/000001-000002.jsonl"), line % 1 + line % 2)
         await store.remove([location.key(f"ledger.jsonl.d/{n:06d}.jsonl") for n in (1, 2)])
-        (stored,) = await objstore.read_ledgers(store, stale)
+        (stored,) = await read_ledgers(store, stale)
         assert b"".join(text for _, text in stored.ledger_lines()) == line % 1 + line % 2
     finally:
         await store.close()

@@ -22,7 +22,7 @@ from batchgen.ledger.fold import Fold
 def lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line) for every whole line, streamed."""
     own = getattr(path, "ledger_lines", None)
-    if own is not None:  # a ledger read from an object store (objstore.StoredLedger)
+    if own is not None:  # a ledger read from an object store (store.StoredLedger)
         yield from own()
         return
     try:

@@ -17,7 +17,7 @@ class LedgerIO:
     objects (`settle.store.StoreIO`) override it.
 
     - `ledgers(read, settle)`: the ledgers to read, as of now (a local file is read
-      where it lies; a store's are read again, as `objstore.StoredLedger`s, once lines
+      where it lies; a store's are read again, as `store.StoredLedger`s, once lines
       were written since);
     - `state(paths)`: what is done, by the ledgers `paths` and the images they name;
     - `writer(path)`: the one writer of the ledger `path` (a `ledger_sink.LedgerSink`)

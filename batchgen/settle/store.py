@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import cast
 
-from batchgen import events, ledger, objstore
+from batchgen import events, ledger
 from batchgen.errors import LedgerError
-from batchgen.objstore import Store, StoredLedger
 from batchgen.pacing import Sleep
-from batchgen.segments import SegmentWriter
 from batchgen.settle.decision import HISTORY_LAG_S
 from batchgen.settle.folder import settle_out
 from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.passes import until_decided
 from batchgen.settle.report import SettleReport
 from batchgen.settle.targets import Targets
+from batchgen.store.ledgers import StoredLedger, read_ledgers
+from batchgen.store.objects import Store
+from batchgen.store.segments import SegmentWriter
 
 
 @dataclass
@@ -63,7 +64,7 @@ class StoreIO(LedgerIO):
     async def ledgers(self, read: Sequence[Path], settle: Sequence[Path]) -> list[Path]:
         if self._read is None:
             self.listing = await self.store.listing(self.store.location.root)
-            self._read = await objstore.read_ledgers(self.store, self.listing)
+            self._read = await read_ledgers(self.store, self.listing)
         return cast(list[Path], list(self._read))
 
     def state(self, paths: Sequence[Path]) -> ledger.LedgerState:

@@ -33,8 +33,8 @@ from typing import Any, Final
 
 from batchgen import runlock
 from batchgen.errors import LedgerError
-from batchgen.objstore import Conflict, Store
 from batchgen.runlock import Holder
+from batchgen.store.objects import Conflict, Store
 
 log = logging.getLogger("batchgen")
 

@@ -31,10 +31,11 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from batchgen import objstore
 from batchgen.errors import LedgerError
 from batchgen.ledger import Pending, WriteFailure, encode, envelope, unwritten
-from batchgen.objstore import Conflict, Store
+from batchgen.store.ledgers import covering, segment_name, segment_range
+from batchgen.store.location import SEGMENTS_SUFFIX
+from batchgen.store.objects import Conflict, Store
 
 COMMIT_INTERVAL_S: Final = 0.1
 PUT_ATTEMPTS: Final = 6
@@ -60,7 +61,7 @@ class SegmentWriter:
         self.name = name
         self.path = location.folder / name  # virtual: what the Runner computes paths from
         self.url = location.url(location.key(name))
-        self.prefix = location.key(name + objstore.SEGMENTS_SUFFIX)
+        self.prefix = location.key(name + SEGMENTS_SUFFIX)
         self.tag = name.removesuffix(".jsonl")
         self.fsyncs = 0  # segments written, as LedgerWriter counts its syncs
         self.images = 0
@@ -84,7 +85,7 @@ class SegmentWriter:
             names = await self.store.listing(self.prefix)
         except OSError as err:
             raise LedgerError(f"{self.url}: cannot list the ledger: {err}") from None
-        ranges = [objstore.segment_range(key.rsplit("/", 1)[-1]) for key in names]
+        ranges = [segment_range(key.rsplit("/", 1)[-1]) for key in names]
         self._next = max((last for found in ranges if found for last in found[1:]), default=0) + 1
         self._task = asyncio.create_task(self._commit_loop(), name="segment-writer")
         return self
@@ -221,7 +222,7 @@ class SegmentWriter:
 
     async def _put_segment(self, data: bytes) -> None:
         number = self._next
-        key = f"{self.prefix}/{objstore.segment_name(number)}"
+        key = f"{self.prefix}/{segment_name(number)}"
         for attempt in range(self.attempts):
             try:
                 await self.store.create(key, data)
@@ -243,7 +244,7 @@ class SegmentWriter:
         self._next = number + 1
         self.fsyncs += 1
         if self._kept_bytes + len(data) <= KEEP_BYTES:
-            self._kept[objstore.segment_name(number)] = data
+            self._kept[segment_name(number)] = data
             self._kept_bytes += len(data)
 
     async def _is_ours(self, key: str, data: bytes) -> bool:
@@ -257,7 +258,7 @@ class SegmentWriter:
         lease held. Returns how many objects it replaced (0: nothing to do)."""
         listing = await self.store.listing(self.prefix)
         names = [key.rsplit("/", 1)[-1] for key in listing]
-        chosen = objstore.covering(names)
+        chosen = covering(names)
         if len(chosen) < 2:
             return 0
         missing = [f"{self.prefix}/{name}" for name, _, _ in chosen if name not in self._kept]
@@ -265,7 +266,7 @@ class SegmentWriter:
         data = b"".join(
             self._kept.get(name) or fetched[f"{self.prefix}/{name}"] for name, _, _ in chosen
         )
-        merged = f"{self.prefix}/{objstore.segment_name(chosen[0][1], chosen[-1][2])}"
+        merged = f"{self.prefix}/{segment_name(chosen[0][1], chosen[-1][2])}"
         await self.store.create(merged, data)
         covered = [f"{self.prefix}/{name}" for name in names if name != merged.rsplit("/", 1)[-1]]
         await self.store.remove(covered)
