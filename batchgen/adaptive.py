@@ -29,19 +29,25 @@ throughput), while an idle pool earns no burst. Without --rpm it is found:
   explicit --concurrency N opens it at N instead (`first_window`): the user said how
   many may be in flight, as a fixed pool of N always did, and a 429 among them is
   what it always is, a signal; without it, a limit nobody stated is probed for;
-- a 429 is told apart from the in-flight cap: it is the cap when it came with at
-  least as many requests in flight as nearly every request let through over the last
-  two round trips (the in-flight
-  count is then the ceiling, and the rate is left alone); otherwise it is the rate.
+- a 429 is told apart from the in-flight cap: it is the cap when it came with more
+  requests in flight than any recent request let through (answered, or still in flight
+  a quarter of a round trip on, past where a 429 would have come back), or with the
+  ceiling's count; the ceiling is then that count, lowered by at most one at a time (a
+  rate 429 mistaken for the cap would otherwise hold the pool below the rate for good),
+  and the rate is left alone. Otherwise it is the rate: when in doubt, a cut, which is
+  recovered from in two round trips.
   The first 429 of slow start cannot be told apart (both grow together there), so it
   is taken for both, the ceiling provisionally;
 - on a rate 429, once per round trip (the answers to requests sent before a cut say
   nothing new): W = the rate at which requests sent over the last round trip (or the
-  last 10 sends, if longer) were let through, counted by when they were sent; the rate
-  drops to 0.9 W (a token bucket keeps no queue to drain: sending just under its rate
-  is enough), then climbs back CUBIC-style, rate(t) = W (1 + 0.1 ((t - K) / K)^3),
-  K = 40 requests' worth at W, within 1..10 round trips: a climb that flattens out
-  near W, then a probe above it;
+  last 10 sends, if longer) got past the rate limit (a cap's 429 did), counted by when
+  they were sent; the rate drops to 0.9 W (a token bucket keeps no queue to drain:
+  sending just under its rate is enough), is back at W within R = 2 round trips (or 20
+  requests' worth, if longer), rate(t) = W (1 - 0.1 (1 - t / R)^3), then probes above
+  it slowly, rate(t) = W (1 + 0.1 ((t - R) / K)^3), K = 120 requests' worth at W,
+  within 3..30 round trips. W is the lower median of the last three measurements when
+  that is higher (one round trip's count is noisy: a low one would otherwise hold the
+  rate down until the slow probe found the limit again);
 - the ceiling grows by one after 4 round trips of being what held the pool back
   without a 429 (16 once a 429 has confirmed it), so a cap is held at, not probed every
   round trip;
@@ -61,12 +67,14 @@ Clock = Callable[[], float]
 
 class Flow:
     BETA = 0.9
-    PROBE_REQUESTS = 40
-    K_MIN_REQUESTS = 10
-    K_MIN_RTT, K_MAX_RTT = 1.0, 10.0  # the climb back to W, in round trips
+    PROBE_REQUESTS = 120  # the probe above W: 10% over it after this many requests' worth
+    K_MIN_REQUESTS = 30
+    K_MIN_RTT, K_MAX_RTT = 3.0, 30.0  # ... within these round trips
+    RECOVER_RTT, RECOVER_REQUESTS = 2.0, 20  # back to W after a cut: 2 round trips or
+    # 20 requests' worth, whichever is longer (a round trip of few requests is no sample)
     MIN_RATE = 0.05  # requests/s
     INITIAL_WINDOW = 2
-    OKS_RTT = 2.0  # a 429 is the cap's when more were in flight than for those let
+    OKS_RTT = 2.0  # fixed: a 429 is the cap's when more were in flight than for those let
     # through over the last 2 round trips (not slow start's small counts of long ago)
     MARGIN = 1.0  # requests in flight beyond rate x latency
     CATCH_UP = 0.5  # how late (in spacings) a request the window held may go, on schedule
@@ -76,6 +84,7 @@ class Flow:
     SLOW_START_PACE = 1.5  # slow start sends its window over 2/3 of a round trip
     CEILING_PROBE_RTT = 4  # round trips at the ceiling before it grows by one
     CEILING_CONFIRMED_RTT = 16  # ... once a 429 has confirmed it
+    DOOR_RTT = 0.25  # a 429 comes back within this much of a round trip: refused at the door
     MEASURE_SENDS = 10  # W is measured over at least this many sends
     SAMPLES = 64  # latencies kept for the p90
     HISTORY = 10_000  # timestamps kept for the rate estimates
@@ -96,6 +105,7 @@ class Flow:
         self._started = clock()
         self._cwnd = float(first_window or self.INITIAL_WINDOW)  # slow start's window
         self._w_max = 0.0
+        self._measured: deque[float] = deque(maxlen=3)  # W at the last cuts
         self._k = 1.0
         self._last_cut = -math.inf
         self._due = -math.inf  # when the last request was due (GCRA's virtual time)
@@ -252,8 +262,7 @@ class Flow:
                 self.ceiling += 1
                 self._credit = 0
         if not self.fixed and self.throttled:
-            phase = (now - self._last_cut - self._k) / self._k
-            cubic = self._w_max * (1 + (1 - self.BETA) * phase**3)
+            cubic = self._climb(now - self._last_cut)
             window = self._measure_window(now, self._answers)
             arriving = _count_since(self._answers, now - window) / window
             self._set(min(cubic, self.MAX_GROWTH * max(arriving, self.MIN_RATE)))
@@ -264,28 +273,26 @@ class Flow:
         now = self._clock()
         sent = now if sent_at is None else sent_at
         others = self._land(sent_at)
-        _push(self._refused, sent, self.HISTORY)
         if not self._round_trip:  # nothing answered yet: nothing to measure by
             self._cwnd = max(1.0, min(self._cwnd, float(others)))
             self.rate_429s += 1
             return "rate"
-        # Answers are counted when read, after the service freed the slot, so a request
-        # let through may count one or two more in flight than the service did: a high
-        # quantile, not the most (with --rpm the rate is known, so lean to the cap).
         ok = self._let_through(now)
+        known = self.ceiling - 1 if math.isfinite(self.ceiling) else 0
         if (
             (self.throttled or self.fixed)
             and others >= 1
-            and (others > ok or others >= self.ceiling)
+            and (others > max(ok, known - 1) or others >= self.ceiling)
         ):
             # more in flight than nearly every recent request let through had, or the
             # ceiling's count: the cap
             self._confirmed = self._confirmed or self.ceiling <= others + 1
-            self.ceiling = max(1.0, min(self.ceiling, float(others)))
+            self.ceiling = max(1.0, min(self.ceiling, float(others)), known)
             self._credit = 0
             self.cap_429s += 1
             return "cap"
         self.rate_429s += 1
+        _push(self._refused, sent, self.HISTORY)  # the cap's got past the rate limit
         if self.fixed or sent < self._last_cut:
             return "rate"  # fixed: the pool pauses; else sent before the last cut
         window = self._measure_window(now)
@@ -299,10 +306,15 @@ class Flow:
             accepted = max(accepted, 2.0 / max(now - self._answers[-2], 1e-3))
         if not self.throttled:  # slow start's window held its sends back: it measures low
             accepted = max(accepted, self.BETA * self.current_rate(now))
-        self._w_max = accepted
+        if self.throttled:  # a measurement (slow start's exit is a guess)
+            self._measured.append(accepted)
+        # back to W: this cut's measure, or the recent ones' median when higher (one
+        # round trip's count is noisy, and a limit that fell shows itself by a 429)
+        measured = sorted(self._measured) or [accepted]
+        self._w_max = max(accepted, measured[(len(measured) - 1) // 2])  # the lower median
         rtt = self._round_trip
-        # 40 requests' worth, within 1..10 round trips (or 10 requests, when fewer than
-        # one is in flight: then requests, not round trips, are what a climb is made of)
+        # 120 requests' worth, within 3..30 round trips (or 30 requests, when fewer than
+        # one is in flight: then requests, not round trips, are what a probe is made of)
         longest = max(self.K_MAX_RTT * rtt, self.K_MIN_REQUESTS / accepted)
         self._k = min(longest, max(self.K_MIN_RTT * rtt, self.PROBE_REQUESTS / accepted))
         self._last_cut = now
@@ -310,15 +322,32 @@ class Flow:
         self._set(accepted * self.BETA)
         return "rate"
 
+    def _climb(self, since_cut: float) -> float:
+        """The rate `since_cut` seconds after a cut: back to W within RECOVER_RTT round
+        trips (concave), then a probe above it at K's pace (convex)."""
+        back = max(self.RECOVER_RTT * self._round_trip, self.RECOVER_REQUESTS / self._w_max)
+        if since_cut < back:
+            return self._w_max * (1 - (1 - self.BETA) * (1 - since_cut / back) ** 3)
+        return self._w_max * (1 + (1 - self.BETA) * ((since_cut - back) / self._k) ** 3)
+
     def _let_through(self, now: float) -> float:
-        """A high quantile of the others in flight when requests let through were sent,
-        over the last OKS_RTT round trips (at least MEASURE_SENDS of them): the counts
-        slow start let through long ago say nothing of the cap."""
+        """The in-flight count a 429 must exceed to be the cap's. Adaptive: the most any
+        of the last SAMPLES requests let through had, answered or still in flight past
+        the door (DOOR_RTT on, a 429 would have come back): a 429 at a count the service
+        has accepted is the rate's. Fixed (--rpm: the rate is known, so lean to the
+        cap): the 3rd quartile over the last OKS_RTT round trips (at least MEASURE_SENDS
+        requests), as answers are read after the service freed the slot and may count
+        one or two more in flight than the service did."""
+        if not self.fixed:
+            door = now - self.DOOR_RTT * self._round_trip
+            counts = [others for _, others in self._oks]
+            counts += [others for when, others in self._flying if when < door]
+            return max(counts, default=0)
         since = now - self.OKS_RTT * self._round_trip
         recent = [others for when, others in self._oks if when >= since]
         if len(recent) < self.MEASURE_SENDS:
             recent = [others for _, others in list(self._oks)[-self.MEASURE_SENDS :]]
-        return _quantile(recent, 0.75 if self.fixed else 0.9) if recent else 0
+        return _quantile(recent, 0.75) if recent else 0
 
     def _measure_window(self, now: float, stamps: deque[float] | None = None) -> float:
         """A round trip, or the last MEASURE_SENDS sends (answers) if they span longer;
