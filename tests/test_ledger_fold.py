@@ -97,7 +97,7 @@ def test_a_settled_charge_counts_even_when_the_manifest_priced_it_at_nothing(
     write(path, [run_line(), crashed, crashed, success, charged])
     attempts = settle.read_view([path]).attempts[JOB]
     assert [a.billed for a in attempts] == [None, "billed"]  # crashed, then written
-    assert attempts[0].key == (str(path), first, 1)  # what the settled line names
+    assert attempts[0].key == (str(path), JOB, first, 1)  # what the settled line names
     report = summaries.summarize([path])
     assert (report.spent, report.possibly_billed) == (pytest.approx(0.063), 0)  # old: 0.0, 0
 
@@ -114,3 +114,27 @@ def test_a_job_is_known_by_its_own_lines_not_by_an_attempt_s_alone(tmp_path: Pat
     assert (report.jobs, report.not_finished) == (0, 0)  # the old report: 1, 1
     assert report.possibly_billed == pytest.approx(0.063)
     assert ledger.load_state([path]).records == {} and gallery.collect([path])[0] == {}
+
+
+def test_settling_one_jobs_attempt_leaves_anothers_of_the_same_moment_open(
+    tmp_path: Path,
+) -> None:
+    """Two jobs' requests went in the same millisecond, both attempt 1, and a crash cut
+    both. A `settled` line names its attempt by (`started` ts, attempt number) and sits
+    on its job's line: it settles that job's attempt, never the other's (the key once
+    lacked the job, so both looked settled and the other was never looked up)."""
+    other = "ef" * 16
+    path = tmp_path / "ledger.jsonl"
+    at = schema.timestamp(T0 + 1)
+    lines = [schema.envelope(run_line(), now=T0)]
+    for job in (JOB, other):
+        lines.append({"v": 1, "ts": at, **schema.started(job, attempt=1, price=0.063,
+                                                          params=PARAMS)})  # fmt: skip
+    settles = {"started": at, "attempt": 1}
+    lines.append(schema.envelope(schema.settled(JOB, billed="no", cost=0.0, request_id=None,
+                                                history_status=None, settles=settles),
+                                 now=T0 + 2))  # fmt: skip
+    path.write_bytes(b"".join(schema.encode(line) for line in lines))
+    view = settle.read_view([path])
+    assert [a.job_id for a in view.unsettled()] == [other]
+    assert summaries.summarize([path]).possibly_billed == pytest.approx(0.063)

@@ -32,7 +32,7 @@ from typing import Any
 
 from batchgen.ledger.schema import JOB_STATUSES, OUTCOMES, SETTLED, SUBMITTED, Billed, billed_of
 
-Key = tuple[str, str, int]  # an attempt: (its ledger, its `started` ts, its number)
+Key = tuple[str, str, str, int]  # an attempt: (its ledger, its job, its `started` ts, its number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class Attempt:
 
     @property
     def key(self) -> Key:
-        return (str(self.ledger), self.started, self.attempt)
+        return (str(self.ledger), self.job_id, self.started, self.attempt)
 
     @property
     def ambiguous(self) -> bool:
@@ -218,7 +218,12 @@ class Fold:
         cost = float(line.get("cost", 0.0))
         settles = line.get("settles")
         if isinstance(settles, dict):  # settles an attempt, opens or closes none
-            key = (str(self._path), str(settles.get("started")), int(settles.get("attempt", 0)))
+            key = (
+                str(self._path),
+                job,
+                str(settles.get("started")),
+                int(settles.get("attempt", 0)),
+            )
             if tracked:
                 self.settled.add(key)
             pending = self.pending.get(job, {})
@@ -257,7 +262,7 @@ class Fold:
             pending.pop(opened.key, None)
             key = opened.key
         else:  # an outcome with no attempt of its own (nothing was sent, or a lost line)
-            key = (str(self._path), str(line.get("ts")), int(line.get("attempt", 0)))
+            key = (str(self._path), job, str(line.get("ts")), int(line.get("attempt", 0)))
         if billed == "billed":
             self.spent += cost
         elif billed == "maybe":

@@ -19,7 +19,7 @@ from enum import Enum
 from typing import Final
 
 from batchgen.history import Row
-from batchgen.ledger.fold import Attempt
+from batchgen.ledger.fold import Attempt, Key
 
 HISTORY_LAG_S: Final = 30.0  # a row shows up to this long after its request (pinned)
 CLOCK_SLACK_S: Final = 120.0  # our clock and the service's may disagree by this much
@@ -47,7 +47,7 @@ def decide(
     lag: float = HISTORY_LAG_S,
     slack: float = CLOCK_SLACK_S,
     done: bool = False,
-    settled: frozenset[tuple[str, str, int]] | set[tuple[str, str, int]] = frozenset(),
+    settled: frozenset[Key] | set[Key] = frozenset(),
     by_id: Mapping[str, Row] | None = None,
 ) -> list[Decision]:
     """The verdict on each unsettled attempt of one job.

@@ -13,6 +13,7 @@ from typing import Final
 
 from batchgen import queue_client
 from batchgen.history import History, Row
+from batchgen.ledger.fold import Key
 from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.lines import failed_line, queued_line
 from batchgen.settle.recover import recover
@@ -49,7 +50,7 @@ async def collect_queued(
                 if str(a.ledger) in mine and a.ambiguous and a.request_id]  # fmt: skip
     if not attempts:
         return SettleReport()
-    results: dict[tuple[str, str, int], queue_client.Poll] = {}
+    results: dict[Key, queue_client.Poll] = {}
     pending, began, polls = attempts, time.monotonic(), 0
     session = history.session
     while pending:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from batchgen import ledger
 from batchgen.ledger import scan as ledger_scan
-from batchgen.ledger.fold import Attempt
+from batchgen.ledger.fold import Attempt, Key
 
 
 @dataclass
@@ -19,7 +19,7 @@ class LedgerView:
     to settle, the keys already settled and the request ids lines claim."""
 
     attempts: dict[str, list[Attempt]] = field(default_factory=dict)
-    settled: set[tuple[str, str, int]] = field(default_factory=set)
+    settled: set[Key] = field(default_factory=set)
     claimed: set[str] = field(default_factory=set)
     manifests: dict[Path, list[tuple[str, str]]] = field(default_factory=dict)  # (name, sha)
 
