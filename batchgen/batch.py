@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchgen import events, outputs, retry
+from batchgen import durable, events, retry
 from batchgen.api import TYPICAL_LATENCY_S
 from batchgen.client import Client, make_session
 from batchgen.errors import LedgerError
@@ -75,7 +75,7 @@ async def run_batch(
         make_session(config.options.concurrency, timeout=config.timeout) as session,
     ):
         if config.ledger_path in state.cut and not config.writer:  # killed: temp files stay
-            await asyncio.to_thread(outputs.remove_stale_parts, str(config.out), ledger.tag)
+            await asyncio.to_thread(durable.remove_stale_parts, str(config.out), ledger.tag)
         await ledger.write(_run_line(config, run_id))
         client = (
             QueueClient(session, api_base=config.api_base, api_key=config.api_key,

@@ -21,6 +21,7 @@ import yarl
 
 from batchgen import (
     api,
+    durable,
     events,
     grid,
     ledger,
@@ -237,7 +238,7 @@ def not_owned_by_others(
 
 def check_room(out: Path, images: int) -> None:
     """Before the first request: `out` can be written and has room to start."""
-    if images and (problem := outputs.room_problem(out, images)) is not None:
+    if images and (problem := durable.room_problem(out, images)) is not None:
         raise InputError(f"{problem}; nothing sent")
 
 

@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from batchgen import api, outputs, refusals
+from batchgen import api, durable, refusals
 from batchgen.errors import ApiStatusError
 from batchgen.images import EncodedImages, LocalImage
 
@@ -139,7 +139,7 @@ def remember(out: Path, base: str, urls: Mapping[str, str]) -> None:
     assets = _read_cache(out)
     assets.setdefault(_normal(base), {}).update(urls)
     text = json.dumps({"v": CACHE_VERSION, "assets": assets}, indent=1, sort_keys=True)
-    outputs.write_atomic(cache_path(out), text.encode() + b"\n")
+    durable.write_atomic(cache_path(out), text.encode() + b"\n")
 
 
 def _normal(base: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen import ledger, outputs
+from batchgen import durable, ledger
 from batchgen.errors import LedgerError
 
 
@@ -82,9 +82,9 @@ def test_resume_state_rules(tmp_path: Path) -> None:
     assert not state.is_done("crashed") and state.records["crashed"].status == "started"
     out.write_bytes(b"imagX")  # same size, other bytes: not the file we paid for
     assert not ledger.load_state([path]).is_done("ok")
-    outputs.write_atomic(out, b"image")  # put back, as a new file: the digest matches again
+    durable.write_atomic(out, b"image")  # put back, as a new file: the digest matches again
     assert state.is_done("ok")
-    outputs.write_atomic(out, b"imagY")  # replaced during a run (another job's output, say)
+    durable.write_atomic(out, b"imagY")  # replaced during a run (another job's output, say)
     assert not state.is_done("ok")  # the same state notices: a new inode is read again
 
 

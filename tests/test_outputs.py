@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen import ledger, outputs
+from batchgen import durable, ledger, outputs
 from batchgen.cli import main
 from tests.helpers import make_image, write
 
@@ -58,8 +58,8 @@ def test_a_commit_puts_every_file_in_place(tmp_path: Path, count: int) -> None:
 
 def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     target = tmp_path / "new" / "x.png"
-    outputs.write_atomic(target, b"first")
-    outputs.write_atomic(target, b"second")
+    durable.write_atomic(target, b"first")
+    durable.write_atomic(target, b"second")
     assert target.read_bytes() == b"second" and not list(tmp_path.rglob("*.part"))
 
 

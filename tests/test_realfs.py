@@ -17,7 +17,7 @@ TIMED_SYNCS = r"""
 import ctypes, os, sys, time
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
 os.write(fd, b"x")
-libc = ctypes.CDLL(None, use_errno=True)   # as batchgen.outputs reaches syncfs
+libc = ctypes.CDLL(None, use_errno=True)   # as batchgen.durable reaches syncfs
 for name, call in (("fsync", os.fsync), ("fdatasync", os.fdatasync),
                    ("syncfs", lambda fd: libc.syncfs(fd))):
     began = time.perf_counter()

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote
 
-from batchgen import outputs, summaries
+from batchgen import durable, summaries
 from batchgen.gallery.axes import Axis, Layout, layout, title
 from batchgen.gallery.cells import ROW_KEY, Cell, canon, collect, seed_of, source_of
 from batchgen.gallery.thumbs import THUMB_PX, Thumbs, wanted
@@ -33,7 +33,7 @@ def write_gallery(
     search = [*manifest_dirs, *(p.parent for p in ledgers)]
     thumbs.make(wanted(cells.values(), thumbs, search))
     page = _Page(thumbs, out_file.parent).render(cells, summaries.summarize(ledgers))
-    outputs.write_atomic(out_file, page.encode("utf-8"))
+    durable.write_atomic(out_file, page.encode("utf-8"))
     return out_file
 
 

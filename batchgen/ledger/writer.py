@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchgen import outputs
+from batchgen import durable
 from batchgen.errors import LedgerError
 from batchgen.ledger.schema import encode, envelope
 from batchgen.ledger.schema import unwritten as unwritten_line
@@ -218,10 +218,10 @@ class LedgerWriter:
 
     def _stage(
         self, entries: list[Pending], failures: dict[Pending, WriteFailure]
-    ) -> list[tuple[Pending, outputs.Staged]]:
+    ) -> list[tuple[Pending, durable.Staged]]:
         """Each entry's file written under its temp name (not yet durable); what
         fails goes into `failures`."""
-        staged: list[tuple[Pending, outputs.Staged]] = []
+        staged: list[tuple[Pending, durable.Staged]] = []
         for entry in entries:
             assert entry.output is not None
             path, content = entry.output
@@ -230,7 +230,7 @@ class LedgerWriter:
                 if folder not in self._folders:
                     os.makedirs(folder, exist_ok=True)
                     self._folders[folder] = os.stat(folder).st_dev
-                staged.append((entry, outputs.stage(path, content, self.tag)))
+                staged.append((entry, durable.stage(path, content, self.tag)))
             except OSError as err:
                 failures[entry] = WriteFailure(path, err)
         return staged
@@ -239,7 +239,7 @@ class LedgerWriter:
         self,
         entries: list[Pending],
         lines: list[bytes | None],
-        staged: list[tuple[Pending, outputs.Staged]],
+        staged: list[tuple[Pending, durable.Staged]],
         failures: dict[Pending, WriteFailure],
     ) -> None:
         """Blocking, in a thread: sync the staged files, rename them, append the
@@ -253,17 +253,17 @@ class LedgerWriter:
         )  # fmt: skip
         _write_all(self._fd, data)
         same_disk = all(self._folders[folder] == self._device for folder in folders)
-        outputs.make_durable_with(folders, self._fd, same_disk)
+        durable.make_durable_with(folders, self._fd, same_disk)
 
     def _publish(
-        self, staged: list[tuple[Pending, outputs.Staged]], failures: dict[Pending, WriteFailure]
+        self, staged: list[tuple[Pending, durable.Staged]], failures: dict[Pending, WriteFailure]
     ) -> set[str]:
         """Blocking: sync and rename the staged files; what fails goes into
         `failures`. Returns the folders whose renames are still to be made durable."""
         if not staged:
             return set()
         try:
-            outputs.make_durable([item for _, item in staged])
+            durable.make_durable([item for _, item in staged])
         except OSError:
             for entry, item in staged:  # which of them? each file's own fsync tells
                 try:
@@ -271,7 +271,7 @@ class LedgerWriter:
                 except OSError as err:
                     failures[entry] = WriteFailure(item.path, err)
         finally:
-            outputs.close_staged([item for _, item in staged])
+            durable.close_staged([item for _, item in staged])
         folders = set()
         for entry, item in staged:
             try:
