@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from batchgen import durable
 from batchgen.errors import LedgerError
+from batchgen.ledger.commits import GroupCommit, Pending, WriteFailure, unwritten
 from batchgen.ledger.schema import encode, envelope
-from batchgen.ledger.schema import unwritten as unwritten_line
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -41,32 +40,7 @@ def _cut_torn_tail(path: Path) -> None:
         return
 
 
-@dataclass(frozen=True, slots=True)
-class WriteFailure:
-    """An output that could not be put in place (full disk, read-only folder…)."""
-
-    path: str
-    error: OSError
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.error.strerror or self.error}"
-
-
-def unwritten(record: dict[str, Any], failure: WriteFailure) -> dict[str, Any]:
-    """`schema.unwritten` for a file that could not be put in place."""
-    return unwritten_line(record, str(failure))
-
-
-@dataclass(eq=False, slots=True)
-class Pending:
-    """A line waiting for its group commit (and its file, if it has one)."""
-
-    record: dict[str, Any]
-    output: tuple[str, bytes] | None
-    waiter: asyncio.Future[WriteFailure | None]
-
-
-class LedgerWriter:
+class LedgerWriter(GroupCommit):
     """The one writer of a ledger file. `await write(record)` returns once the line
     is on disk; lines that arrive together share one fsync (group commit).
 
@@ -80,19 +54,14 @@ class LedgerWriter:
     written fails every future with LedgerError, from then on."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self.fsyncs = 0
         self.tag = path.name.removesuffix(".jsonl")  # names this ledger's temp files
         self._fd = -1
-        self._pending: list[Pending] = []
         self._folders: dict[str, int] = {}  # output folders known to exist: their device
         self._device = -1  # the ledger's
         self._dirty = False  # lines written by append_now and not yet fsync'd
-        self._last: asyncio.Future[WriteFailure | None] | None = None
-        self._failed: LedgerError | None = None
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LedgerWriter:
         try:
@@ -102,20 +71,12 @@ class LedgerWriter:
             self._device = os.fstat(self._fd).st_dev
         except OSError as err:
             raise LedgerError(f"{self.path}: cannot write the ledger: {err.strerror}") from None
-        self._task = asyncio.create_task(self._commit_loop(), name="ledger-writer")
+        self._start("ledger-writer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        await self._stop()
         os.close(self._fd)
-
-    @property
-    def failed(self) -> LedgerError | None:
-        """Why the ledger can no longer be written, once that happened."""
-        return self._failed
 
     def append_now(self, record: dict[str, Any]) -> None:
         """Write a line at once, without waiting for an fsync (the next group commit
@@ -136,60 +97,18 @@ class LedgerWriter:
         """`append_now`, as `ledger_sink.LedgerSink` has it (a store's writer awaits)."""
         self.append_now(record)
 
-    async def write(self, record: dict[str, Any]) -> None:
-        """Append a line and wait until it is on disk. Raises LedgerError."""
-        await asyncio.shield(self.submit(record))
-
-    def submit(
-        self, record: dict[str, Any], *, output: tuple[str, bytes] | None = None
-    ) -> asyncio.Future[WriteFailure | None]:
-        """Queue a line (and its output file) for the next group commit; the future
-        is done once both are on disk, with the WriteFailure if the file could not be
-        written (its line then says `unwritten`)."""
-        record = envelope(record)
-        waiter: asyncio.Future[WriteFailure | None] = asyncio.get_running_loop().create_future()
-        if self._failed is not None:  # a failed ledger stays failed: say so at once
-            waiter.set_exception(self._failed)
-            return waiter
-        self._pending.append(Pending(record, output, waiter))
-        self._last = waiter
-        self._wake.set()
-        return waiter
-
     async def settle(self, committed: asyncio.Future[WriteFailure | None]) -> None:
         """Until `committed` (a `submit`'s future) is on disk: see `ledger_sink`."""
         await asyncio.wait([committed])
 
-    async def drain(self) -> None:
-        """Wait until everything submitted so far is on disk (commits are in order)."""
-        if self._last is not None and not self._last.done():
-            await asyncio.wait([self._last])
+    def _ledger_error(self, err: Exception) -> LedgerError:
+        reason = err.strerror if isinstance(err, OSError) else err
+        return LedgerError(f"{self.path}: cannot write the ledger: {reason}")
 
-    async def _commit_loop(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    if self._dirty and self._failed is None:
-                        with contextlib.suppress(OSError):
-                            await asyncio.to_thread(os.fsync, self._fd)
-                    return
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            entries, self._pending = self._pending, []
-            try:
-                failures = await self._commit(entries)
-            except Exception as err:  # the one writer must not die and leave waiters hanging
-                reason = err.strerror if isinstance(err, OSError) else err
-                self._failed = LedgerError(f"{self.path}: cannot write the ledger: {reason}")
-                for entry in entries:
-                    entry.waiter.set_exception(self._failed)
-                for entry in self._pending:
-                    entry.waiter.set_exception(self._failed)
-                self._pending = []
-                continue
-            for entry in entries:
-                entry.waiter.set_result(failures.get(entry))
+    async def _closed(self) -> None:
+        if self._dirty and self._failed is None:  # started/retry lines since the last sync
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.fsync, self._fd)
 
     async def _commit(self, entries: list[Pending]) -> dict[Pending, WriteFailure]:
         """Files written, synced and renamed; then the lines appended; then one sync

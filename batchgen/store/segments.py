@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from batchgen.errors import LedgerError
-from batchgen.ledger import Pending, WriteFailure, encode, envelope, unwritten
+from batchgen.ledger import Pending, WriteFailure, encode, unwritten
+from batchgen.ledger.commits import GroupCommit
 from batchgen.store.ledgers import covering, segment_name, segment_range
 from batchgen.store.location import SEGMENTS_SUFFIX
 from batchgen.store.objects import Conflict, Store
@@ -43,7 +44,7 @@ PUT_BACKOFF_S: Final = 0.25  # doubling: 0.25 + 0.5 + 1 + 2 + 4 s before giving 
 KEEP_BYTES: Final = 32 << 20  # this run's segments kept for compaction, up to this much
 
 
-class SegmentWriter:
+class SegmentWriter(GroupCommit):
     """The one writer of a ledger on a store (see the module's docstring)."""
 
     def __init__(
@@ -56,6 +57,7 @@ class SegmentWriter:
         attempts: int | None = None,
         backoff: float | None = None,
     ) -> None:
+        super().__init__()
         location = store.location
         self.store = store
         self.name = name
@@ -72,13 +74,7 @@ class SegmentWriter:
         self._next = 1
         self._kept: dict[str, bytes] = {}  # segment name -> its bytes, for compaction
         self._kept_bytes = 0
-        self._pending: list[Pending] = []
-        self._last: asyncio.Future[WriteFailure | None] | None = None
-        self._failed: LedgerError | None = None
-        self._wake = asyncio.Event()
-        self._closing = False
         self._started_at = -1e9
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SegmentWriter:
         try:
@@ -87,18 +83,11 @@ class SegmentWriter:
             raise LedgerError(f"{self.url}: cannot list the ledger: {err}") from None
         ranges = [segment_range(key.rsplit("/", 1)[-1]) for key in names]
         self._next = max((last for found in ranges if found for last in found[1:]), default=0) + 1
-        self._task = asyncio.create_task(self._commit_loop(), name="segment-writer")
+        self._start("segment-writer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-
-    @property
-    def failed(self) -> LedgerError | None:
-        return self._failed
+        await self._stop()
 
     def fence(self, error: LedgerError) -> None:
         """This writer may no longer write (its lease was lost): every line from now on,
@@ -119,62 +108,20 @@ class SegmentWriter:
             raise self._failed
         await asyncio.shield(self.submit(record))
 
-    async def write(self, record: dict[str, Any]) -> None:
-        await asyncio.shield(self.submit(record))
-
-    def submit(
-        self, record: dict[str, Any], *, output: tuple[str, bytes] | None = None
-    ) -> asyncio.Future[WriteFailure | None]:
-        record = envelope(record)
-        waiter: asyncio.Future[WriteFailure | None] = asyncio.get_running_loop().create_future()
-        if self._failed is not None:
-            waiter.set_exception(self._failed)
-            return waiter
-        self._pending.append(Pending(record, output, waiter))
-        self._last = waiter
-        self._wake.set()
-        return waiter
-
     async def settle(self, committed: asyncio.Future[WriteFailure | None]) -> None:
         """Nothing to wait for here: the worker's next `started` line waits for a commit
         at or after this one, so its image and line are on the store before it sends."""
 
-    async def drain(self) -> None:
-        if self._last is not None and not self._last.done():
-            await asyncio.wait([self._last])
-
-    async def _commit_loop(self) -> None:
+    async def _gather(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if self._failed is not None and self._pending:
-                self._fail(self._pending, self._failed)
-                self._pending = []
-            if not self._pending:
-                if self._closing:
-                    return
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            pause = self._started_at + self.interval - loop.time()
-            if pause > 0 and not self._closing:
-                await asyncio.sleep(pause)  # under load: let more lines join this segment
-            entries, self._pending = self._pending, []
-            self._started_at = loop.time()
-            try:
-                failures = await self._commit(entries)
-            except Exception as err:  # the one writer must not die and leave waiters hanging
-                if self._failed is None:
-                    reason = err if isinstance(err, LedgerError) else f"{self.url}: {err}"
-                    self._failed = LedgerError(f"cannot write the ledger: {reason}")
-                self._fail(entries, self._failed)
-                continue
-            for entry in entries:
-                entry.waiter.set_result(failures.get(entry))
+        pause = self._started_at + self.interval - loop.time()
+        if pause > 0 and not self._closing:
+            await asyncio.sleep(pause)  # under load: let more lines join this segment
+        self._started_at = loop.time()
 
-    def _fail(self, entries: list[Pending], error: LedgerError) -> None:
-        for entry in entries:
-            if not entry.waiter.done():
-                entry.waiter.set_exception(error)
+    def _ledger_error(self, err: Exception) -> LedgerError:
+        reason = err if isinstance(err, LedgerError) else f"{self.url}: {err}"
+        return LedgerError(f"cannot write the ledger: {reason}")
 
     async def _commit(self, entries: list[Pending]) -> dict[Pending, WriteFailure]:
         files = [entry for entry in entries if entry.output is not None]
