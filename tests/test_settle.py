@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 import batchgen
-from batchgen import api, grid, ledger, manifest, settle
+from batchgen import api, grid, ledger, manifest, retry, settle
 from batchgen.emulator import RunningEmulator
 from batchgen.history import Row
 from batchgen.images import EncodedImages, LocalImage
@@ -52,13 +52,22 @@ async def night_result(
 NIGHT = {"fault_504": 0.15, "billed_504_share": 1.0, "seed": 11}
 
 
+# Fewer billed 504s than open the circuit breaker, however the answers interleave: with
+# more, five of them coming back in a row (a matter of timing, under load) open it, and the
+# breaker sends the last one again as the outage's attempt, not the job's, --max-attempts 1
+# or not: paid twice within a run without settlement, before reconcile can recover it.
+BELOW_AN_OUTAGE = {"script": (200, 200, 200, 504) * (retry.BREAKER_FAILURES - 1),
+                   "billed_504_share": 1.0}  # fmt: skip
+
+
 async def test_billed_504s_are_downloaded_not_paid_again(tmp_path: Path) -> None:
     m = make_project(tmp_path, images=4, prompts=3, seeds=3)  # 36 jobs
     fingerprints = job_fingerprints(m)
-    async with emulated(**NIGHT) as served:
+    async with emulated(**BELOW_AN_OUTAGE) as served:
         out = await night(tmp_path, served, max_attempts=1, reconcile=False)
         lost = sum(1 for r in lines(out) if r.get("billed") == "maybe")
-        assert lost >= 3, "the seed should lose a few answers"
+        assert lost == retry.BREAKER_FAILURES - 1
+        assert charged(served, fingerprints) == Counter({1: len(fingerprints)})  # none resent
         report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
         assert (report.recovered, report.not_billed, report.unavailable) == (lost, 0, None)
         assert report.saved == pytest.approx(lost * api.PRICE_USD)
@@ -75,6 +84,28 @@ async def test_billed_504s_are_downloaded_not_paid_again(tmp_path: Path) -> None
     for record in recovered:
         assert (out / record["output"]).is_file()
         assert record["request_id"] and record["cost"] == api.PRICE_USD
+
+
+async def test_a_504_the_breaker_sent_again_is_settled_billed_not_recovered(
+    tmp_path: Path,
+) -> None:
+    """What made the night above flaky, made certain: at --concurrency 1 one outage
+    failure opens the breaker, so without settlement a billed 504 is sent again as the
+    outage's attempt (not the job's: --max-attempts 1 does not stop it). Its `retry`
+    line says billed maybe; reconcile finds its row billed, with nothing to download
+    (the job's image came with the second answer), and the money is the service's."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    async with emulated(script=(504,), billed_504_share=1.0) as served:
+        out = await night(tmp_path, served, max_attempts=1, concurrency=1, reconcile=False,
+                          sleep=FakeSleep())  # fmt: skip
+        resent = [r for r in lines(out) if r["status"] == "retry" and r.get("outage")]
+        assert len(resent) == 1 and resent[0]["billed"] == "maybe"
+        assert charged(served, fingerprints) == Counter({2: 1})
+        report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
+        assert (report.recovered, report.billed, report.not_billed) == (0, 1, 0)
+        summary = batchgen.report(out)
+        assert summary.spent == pytest.approx(served.stats.spent) and summary.possibly_billed == 0
 
 
 async def test_a_night_of_billed_504s_pays_each_image_once_within_the_run(
