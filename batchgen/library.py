@@ -208,7 +208,7 @@ async def run_async(
             hooks["clock"] = clock
         how = (
             Settlement(preflight.history_base(history_base, base), history_lag, queue_base,
-                       sleep)
+                       sleep, clock)
             if reconcile else None
         )  # fmt: skip
         return await running.run(
@@ -228,6 +228,7 @@ async def run_async(
             settled = await passes.settle_first(
                 manifest, owned, out_path, ledger_path, preflight.as_path(ledger), key,
                 preflight.history_base(history_base, base), history_lag, emit, sleep, queue_base,
+                clock,
             )  # fmt: skip
         prepared = preflight.prepare(
             manifest, out=out_path, ledger_file=preflight.as_path(ledger), owned=owned,
@@ -296,6 +297,7 @@ async def run_async(
             report = await passes.settle_first(
                 prepared.manifest, owned, out_path, ledger_path, preflight.as_path(ledger), key,
                 preflight.history_base(history_base, base), history_lag, emit, sleep, queue_base,
+                clock,
             )  # fmt: skip
             in_run.append(report)
             settled = report if settled is None else passes.merged(settled, report)

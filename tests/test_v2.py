@@ -20,6 +20,7 @@ from batchgen.emulator import RunningEmulator
 from batchgen.emulator.v2 import FAILED_MESSAGE
 from batchgen.errors import InputError
 from batchgen.images import EncodedImages, LocalImage
+from batchgen.settle import queued as settle_queued
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
 
@@ -220,6 +221,29 @@ async def test_a_crash_after_submitted_is_resumed_by_polling_the_recorded_id(
     assert polled["request_id"] and polled["cost"] == pytest.approx(api.PRICE_USD)
     summary = batchgen.report(out)
     assert summary.spent == pytest.approx(served.stats.spent) and summary.possibly_billed == 0
+
+
+async def test_a_resume_waits_for_queued_requests_on_the_injected_clock(
+    tmp_path: Path,
+) -> None:
+    """A request still processing at the resume is polled every 1-2 s for up to
+    `QUEUE_WAIT_S`, measured by the clock the injected sleep moves: with a fake one the
+    wait is over at once, a few dozen polls, not back-to-back polls for 30 s of real
+    time."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    fake = FakeSleep()
+    async with emulated(latency=3600) as served:  # processing throughout
+        await submit_and_crash(served, out, m)
+        began = time.monotonic()
+        result = await run(m, served, out, api="v2", history_lag=0, sleep=fake)
+        took = time.monotonic() - began
+        polls = served.stats.polls
+    assert result.held_back == 1 and result.requests == 0  # nothing sent again
+    most = settle_queued.QUEUE_WAIT_S / queue_client.POLL_MIN_S + 2
+    assert polls <= most, f"{polls} polls: the wait was not on the injected clock"
+    assert sum(fake.pauses) >= settle_queued.QUEUE_WAIT_S - queue_client.POLL_MAX_S
+    assert took < settle_queued.QUEUE_WAIT_S / 3
 
 
 async def test_a_crash_resumed_with_v1_still_polls_the_recorded_id(tmp_path: Path) -> None:

@@ -59,13 +59,16 @@ async def settle_out(
     queue_base: str | None = None,
     queue_wait: float = QUEUE_WAIT_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    monotonic: Clock = time.monotonic,
     assets: Mapping[str, str] | None = None,
     io: LedgerIO | None = None,
     only: Sequence[Path] | None = None,
 ) -> SettleReport:
     """One settlement pass over the ledgers `paths` of an out folder: those this process
     holds or can lock are settled, the rest only read. With `queue_base` (the v2 base),
-    recorded v2 request ids are polled first (`Settler.collect_queued`). `assets`: see
+    recorded v2 request ids are polled first (`Settler.collect_queued`), every 1-2 s by
+    `sleep` for up to `queue_wait` s by `monotonic` (the clock `sleep` moves; `clock` is
+    the wall clock history rows are compared with). `assets`: see
     `settle_ledgers`. `io` and `only`: ledgers on an object store (`settle.store.StoreIO`),
     of which only those in `only` are settled (their leases the caller holds: a store
     has no run locks to take), the rest read."""
@@ -76,8 +79,9 @@ async def settle_out(
             first = SettleReport()
             if queue_base is not None:
                 first = await settler.collect_queued(
-                    usable, paths, targets, queue_base, wait=queue_wait, sleep=sleep
-                )
+                    usable, paths, targets, queue_base, wait=queue_wait, sleep=sleep,
+                    monotonic=monotonic,
+                )  # fmt: skip
             try:
                 report = await settler.settle_ledgers(usable, paths, targets, assets)
             except HistoryUnavailable as err:  # never into a run

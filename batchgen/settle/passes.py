@@ -17,7 +17,7 @@ from pathlib import Path
 from batchgen import events, ledger, preflight, shard, uploads
 from batchgen.batch import BatchResult
 from batchgen.manifest import Manifest
-from batchgen.pacing import Sleep
+from batchgen.pacing import Clock, Sleep
 from batchgen.planning import Plan
 from batchgen.results import RunResult
 from batchgen.settle.folder import settle_out
@@ -47,36 +47,41 @@ async def settle_first(
     emit: events.Listener,
     sleep: Sleep | None,
     queue_base: str | None = None,
+    clock: Clock | None = None,
 ) -> SettleReport:
     """Settle what earlier runs left ambiguous, before the plan pass reads any state.
     First the v2 requests whose ids were recorded are polled at `queue_base` (what
-    completed is downloaded); then the history. While some attempt is still pending or
+    completed is downloaded; `sleep` between polls, their wait timed by `clock`, the
+    run's seams, real time when None); then the history. While some attempt is still pending or
     within the lag, scan again (every few seconds, for about the lag); what is still
     unknown then is held back from sending."""
     paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
     wanted = LazyTargets(loaded, owned, out)
-    pause = sleep or asyncio.sleep
+    pause, monotonic = sleep or asyncio.sleep, clock or time.monotonic
 
     async def scan() -> SettleReport:
         return await settle_out(
             paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
-            queue_base=queue_base, sleep=pause, assets=uploads.digests_by_url([out]),
+            queue_base=queue_base, sleep=pause, monotonic=monotonic,
+            assets=uploads.digests_by_url([out]),
         )  # fmt: skip
 
-    return await until_decided(scan, lag, emit, pause)
+    return await until_decided(scan, lag, emit, pause, monotonic)
 
 
 Scan = Callable[[], Awaitable[SettleReport]]
 
 
 async def until_decided(
-    scan: Scan, lag: float, emit: events.Listener, pause: Sleep
+    scan: Scan, lag: float, emit: events.Listener, pause: Sleep, clock: Clock = time.monotonic
 ) -> SettleReport:
     """Settlement passes (`scan`, one `settle_out`), again while some attempt is
     still pending or within the lag (every few seconds, for about the lag); what is
     still unknown then is held back from sending. The local ledgers and a store's
-    (`settle.store`) share it."""
-    began = time.time()
+    (`settle.store`) share it. Time spent is by `clock`, the one `pause` moves (a fake
+    sleep comes with its fake clock); how long until a scan could decide more is by
+    the wall clock (`retry_at`, against the history's times)."""
+    began = clock()
     total: SettleReport | None = None
     for _ in range(SETTLE_MAX_SCANS):
         report = await scan()
@@ -87,9 +92,10 @@ async def until_decided(
             break
         if not report.unknown or report.retry_at is None:
             break
-        if report.retry_at - began > min(lag + 2 * SETTLE_POLL_S, SETTLE_MAX_WAIT_S):
+        ahead = report.retry_at - time.time()  # until a scan could decide more
+        if clock() - began + ahead > min(lag + 2 * SETTLE_POLL_S, SETTLE_MAX_WAIT_S):
             break  # not decidable soon: held back from this run, settled by the next
-        await pause(max(0.2, min(SETTLE_POLL_S, report.retry_at - time.time())))
+        await pause(max(0.2, min(SETTLE_POLL_S, ahead)))
     assert total is not None
     if total.settled or total.unknown or total.unavailable is not None:  # news, not noise
         emit(events.Settled(total))

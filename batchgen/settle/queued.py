@@ -14,6 +14,7 @@ from typing import Final
 from batchgen import queue_client
 from batchgen.history import History, Row
 from batchgen.ledger.fold import Key
+from batchgen.pacing import Clock
 from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.lines import failed_line, queued_line
 from batchgen.settle.recover import recover
@@ -34,13 +35,15 @@ async def collect_queued(
     *,
     wait: float = QUEUE_WAIT_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Clock = time.monotonic,
 ) -> SettleReport:
     """The first step on resume, before the history: every ambiguous attempt with a
     recorded v2 request id (a `submitted` line and no outcome: a crash; or lost while
     polling) is polled at `base`. COMPLETED: its image is downloaded (no key) and put
     in place with a `succeeded` line (`recovered`, `polled`, its request id and
     `metrics.cost`); FAILED: a `failed` line, for good, not billed. Requests still
-    queued are polled again every 1-2 s for up to `wait` seconds; what is still open
+    queued are polled again every 1-2 s (`sleep`) for up to `wait` seconds (by `clock`,
+    the one `sleep` moves: a fake sleep comes with its fake clock); what is still open
     then, gone (404: past the hour records live) or unreachable is left to the
     request history. Nothing is sent."""
     everything = await io.ledgers(read, settle)
@@ -51,7 +54,7 @@ async def collect_queued(
     if not attempts:
         return SettleReport()
     results: dict[Key, queue_client.Poll] = {}
-    pending, began, polls = attempts, time.monotonic(), 0
+    pending, began, polls = attempts, clock(), 0
     session = history.session
     while pending:
         answers = await asyncio.gather(
@@ -66,7 +69,7 @@ async def collect_queued(
             elif answer.state not in ("GONE", "ERROR"):
                 still.append(attempt)  # queued or processing: it will end soon
         pending = still
-        if not pending or time.monotonic() - began >= wait:
+        if not pending or clock() - began >= wait:
             break
         await sleep(random.uniform(queue_client.POLL_MIN_S, queue_client.POLL_MAX_S))
     if not results:

@@ -185,9 +185,13 @@ class Settler:
         *,
         wait: float = queued.QUEUE_WAIT_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Clock = time.monotonic,
     ) -> SettleReport:
         """The v2 step on resume, before the history (`queued.collect_queued`): recorded
-        v2 request ids polled at `base`, what completed downloaded. Nothing is sent."""
+        v2 request ids polled at `base`, what completed downloaded, the wait timed by
+        `monotonic` (the clock `sleep` moves; `self.clock` is the wall clock the
+        history's times are compared with). Nothing is sent."""
         return await queued.collect_queued(
-            self.history, self.io, settle, read, targets, base, wait=wait, sleep=sleep
-        )
+            self.history, self.io, settle, read, targets, base, wait=wait, sleep=sleep,
+            clock=monotonic,
+        )  # fmt: skip

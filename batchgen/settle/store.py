@@ -11,6 +11,7 @@ lines, the recovered images PUT to the store.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -18,7 +19,7 @@ from typing import cast
 
 from batchgen import events, ledger
 from batchgen.errors import LedgerError
-from batchgen.pacing import Sleep
+from batchgen.pacing import Clock, Sleep
 from batchgen.settle.decision import HISTORY_LAG_S
 from batchgen.settle.folder import settle_out
 from batchgen.settle.ledger_io import LedgerIO
@@ -87,12 +88,13 @@ class StoreIO(LedgerIO):
 class Settlement:
     """How a store run settles from the request history (`library.run_async`'s
     `reconcile`, `history_base`, `history_lag`; the v2 base where recorded ids are
-    polled)."""
+    polled; its `sleep` and `clock` seams, real time when None)."""
 
     history_base: str
     lag: float = HISTORY_LAG_S
     queue_base: str | None = None
     sleep: Sleep | None = None
+    clock: Clock | None = None
 
 
 async def settle_store(
@@ -112,6 +114,7 @@ async def settle_store(
     Other shards' ledgers are only read: their own runs settle them, under their
     leases."""
     pause = how.sleep or asyncio.sleep
+    monotonic = how.clock or time.monotonic
 
     async def scan() -> SettleReport:
         io = StoreIO(store, name, writer)
@@ -121,7 +124,8 @@ async def settle_store(
             return SettleReport()
         return await settle_out(
             paths, api_key=api_key, history_base=how.history_base, lag=how.lag,
-            targets=targets, queue_base=how.queue_base, sleep=pause, io=io, only=own,
+            targets=targets, queue_base=how.queue_base, sleep=pause, monotonic=monotonic,
+            io=io, only=own,
         )  # fmt: skip
 
-    return await until_decided(scan, how.lag, emit, pause)
+    return await until_decided(scan, how.lag, emit, pause, monotonic)
