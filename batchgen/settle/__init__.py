@@ -18,7 +18,7 @@ for what the service charged, or not at all. So a report's money equals the serv
     recover.py    a billed image downloaded and put in place, its line after it
     ledger_io.py  LedgerIO: where settlement reads and writes (the local files)
     queued.py     the v2 step: recorded request ids polled first
-    settler.py    Settler: one history; one attempt (`settle`) or whole ledgers
+    settler.py    Settler: one history; every unsettled attempt of some ledgers
     report.py     SettleReport: what a pass did, and its line for the user
     folder.py     settle_out: one pass over an out folder, the ledgers it may lock
     passes.py     a run's passes: settle first, again while undecided; results combined

@@ -1,13 +1,10 @@
 """Settler: settles attempts against one request history, reading and writing the
 ledgers through a `LedgerIO` (the local files unless told otherwise).
 
-`settle` is the seam for one attempt inside a run (after a 502/504/timeout, before a
-retry pays again): a `Decision` for it (BILLED with its row, NOT_BILLED or UNKNOWN); the
-runner waits out the lag, asks, and on BILLED downloads `decision.row.generation_url`
-(`Settler.history.download`) instead of retrying. `settle_ledgers` does every unsettled
-attempt of some ledgers: the rows matched to each job (`matching`), the verdicts
-(`decision`), then the lines written and the images recovered. `collect_queued` is the
-v2 step before it (`queued`).
+`settle_ledgers` does every unsettled attempt of some ledgers: the rows matched to each
+job (`matching`), the verdicts (`decision`), then the lines written and the images
+recovered. `collect_queued` is the v2 step before it (`queued`). Within a run, a lost
+answer is settled the same way, between passes (`passes`): the runner defers it.
 """
 
 from __future__ import annotations
@@ -16,15 +13,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from batchgen.history import History, HistoryUnavailable
-from batchgen.ledger.fold import Attempt
 from batchgen.settle import queued
 from batchgen.settle.decision import CLOCK_SLACK_S, HISTORY_LAG_S, Decision, Verdict, decide
 from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.lines import settled_line
-from batchgen.settle.matching import body_keys, params_keys, rows_by_job
+from batchgen.settle.matching import rows_by_job
 from batchgen.settle.recover import recover
 from batchgen.settle.report import SettleReport
 from batchgen.settle.targets import Targets, targets_from_manifests
@@ -34,10 +29,9 @@ Clock = Callable[[], float]
 
 
 class Settler:
-    """Settles attempts against one history. `settle` is the seam for one attempt (the
-    runner's, later); `settle_ledgers` does every unsettled attempt of some ledgers,
-    reading and writing them through `io` (the local files unless told otherwise), and
-    `collect_queued` the recorded v2 requests before it."""
+    """Settles attempts against one history: `settle_ledgers` does every unsettled
+    attempt of some ledgers, reading and writing them through `io` (the local files
+    unless told otherwise), and `collect_queued` the recorded v2 requests before it."""
 
     def __init__(
         self,
@@ -50,33 +44,6 @@ class Settler:
     ) -> None:
         self.history, self.lag, self.slack, self.clock = history, lag, slack, clock
         self.io = io or LedgerIO()
-
-    async def settle(
-        self,
-        job_id: str,
-        params: Mapping[str, Any],
-        started_at: float,
-        *,
-        request_id: str | None = None,
-        ended_at: float | None = None,
-        model: str | None = None,
-    ) -> Decision:
-        """The verdict on one ambiguous attempt (its row by id when known, else by its
-        body). Raises HistoryUnavailable."""
-        attempt = Attempt(Path(), job_id, "", 0, started_at, params, model=model,
-                          billed="maybe", ended_at=ended_at)  # fmt: skip
-        if request_id is not None:
-            row = await self.history.row(request_id)
-            rows = [row] if row is not None else []
-        else:
-            rows = await self.history.scan(
-                since=started_at - self.slack, until=self.clock(), model=model
-            )
-            wanted = params_keys(params)
-            rows = [r for r in rows if r.body is not None and body_keys(r.body) == wanted]
-        (decision,) = decide([attempt], rows, now=self.clock(), lag=self.lag, slack=self.slack,
-                             done=True)  # fmt: skip
-        return decision
 
     async def settle_ledgers(
         self,
