@@ -3,10 +3,12 @@ never paid twice, and the report's money equal to the emulator's to the cent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import aiohttp
 import pytest
 
 import batchgen
-from batchgen import api, grid, ledger, manifest, retry, settle
+from batchgen import api, grid, ledger, manifest, outputs, retry, settle
 from batchgen.emulator import RunningEmulator
 from batchgen.history import Row
 from batchgen.images import EncodedImages, LocalImage
@@ -396,3 +398,45 @@ async def test_failed_rows_settle_at_once_without_waiting_out_the_lag(tmp_path: 
     assert (result.succeeded, result.held_back, result.possibly_billed) == (1, 0, 0)
     settled = [r for r in lines(out) if r["status"] == "settled"]
     assert [r["billed"] for r in settled] == ["no", "no"]
+
+
+def test_two_scans_merge_their_unknown_as_the_last_two_steps_add_them() -> None:
+    """`then` joins two steps of one pass (they decide different attempts): everything
+    adds up. `passes.merged` joins two scans of the same attempts: the same, except that
+    what is still unknown is the last scan's (the first's unknown were looked at again)."""
+    from batchgen.settle.passes import merged
+
+    first = settle.SettleReport(recovered=1, saved=0.063, charged=0.063, unknown=2,
+                                unknown_jobs=frozenset({"a", "b"}), recovered_jobs=frozenset({"c"}),
+                                retry_at=5.0, history_calls=1, polls=3)  # fmt: skip
+    last = settle.SettleReport(not_billed=1, unknown=1, unknown_jobs=frozenset({"b"}),
+                               retry_at=9.0, history_calls=1)  # fmt: skip
+    added, scanned = first.then(last), merged(first, last)
+    assert (added.unknown, added.unknown_jobs) == (3, {"a", "b"})
+    assert (scanned.unknown, scanned.unknown_jobs) == (1, {"b"})
+    assert scanned == replace(added, unknown=1, unknown_jobs=frozenset({"b"}))
+    assert (added.recovered, added.not_billed, added.history_calls, added.polls) == (1, 1, 2, 3)
+    assert added.recovered_jobs == {"c"} and added.retry_at == 9.0
+
+
+def test_output_paths_come_from_a_manifest_only_while_it_is_there_unchanged(
+    tmp_path: Path,
+) -> None:
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    (job,) = grid.expand(manifest.load(m))
+    out = tmp_path / "out"
+    out.mkdir()
+    ledger_path = out / "ledger.jsonl"
+    digest = hashlib.sha256(m.read_bytes()).hexdigest()
+    targets = settle.targets.targets_from_manifests({ledger_path: [(str(m), digest)]})
+    assert job.job_id in targets
+    assert targets.place(job.job_id, ledger_path, "jpg")[0] == outputs.final_path(job.output, "jpg")
+    changed = {ledger_path: [(str(m), "0" * 64)]}
+    assert job.job_id not in settle.targets.targets_from_manifests(changed)
+    (tmp_path / "photos" / "p0.jpg").unlink()  # the manifest, same bytes, invalid now
+    assert job.job_id not in settle.targets.targets_from_manifests(
+        {ledger_path: [(str(m), digest)]}
+    )
+    m.unlink()  # gone
+    targets = settle.targets.targets_from_manifests({ledger_path: [(str(m), digest)]})
+    assert targets.place(job.job_id, ledger_path, "jpg")[0] == f"recovered/{job.job_id}.jpg"

@@ -103,15 +103,11 @@ async def until_decided(
 
 
 def merged(a: SettleReport, b: SettleReport) -> SettleReport:
-    """Two scans as one: counts added, what is still unknown from the last."""
-    return replace(
-        b, recovered=a.recovered + b.recovered, saved=round(a.saved + b.saved, 6),
-        charged=round(a.charged + b.charged, 6),
-        billed=a.billed + b.billed, not_billed=a.not_billed + b.not_billed, lost=a.lost + b.lost,
-        polled=a.polled + b.polled, failed=a.failed + b.failed, polls=a.polls + b.polls,
-        recovered_jobs=a.recovered_jobs | b.recovered_jobs,
-        history_calls=a.history_calls + b.history_calls,
-    )  # fmt: skip
+    """Two scans as one (`SettleReport.then`), except that what is still unknown is the
+    last scan's alone: a scan looks again at every attempt still unsettled, so an
+    attempt unknown in `a` is in `b` again, decided or still unknown, and adding would
+    count it twice (and hold back a job `b` decided)."""
+    return replace(a.then(b), unknown=b.unknown, unknown_jobs=b.unknown_jobs)
 
 
 class LazyTargets(Targets):

@@ -34,7 +34,11 @@ class SettleReport:
         return self.recovered + self.billed + self.not_billed + self.failed
 
     def then(self, later: SettleReport) -> SettleReport:
-        """Two steps of one pass as one: counts added, the rest from `later`."""
+        """Two steps of one pass as one: counts added, the rest from `later`. The steps
+        (the v2 polls, then the history: `folder.settle_out`) decide different
+        attempts (what the polls leave open, the history step decides or counts
+        unknown), so adding counts none twice; two scans of the same attempts, where
+        only the last one's unknown count, are `passes.merged`."""
         return replace(
             later, recovered=self.recovered + later.recovered,
             saved=round(self.saved + later.saved, 6), billed=self.billed + later.billed,

@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from batchgen import outputs
+from batchgen.errors import InputError
 
 RECOVERED_FOLDER: Final = "recovered"  # where an image goes when its job's path is unknown
 
@@ -44,7 +45,11 @@ class Targets:
 
 def targets_from_manifests(manifests: Mapping[Path, list[tuple[str, str]]]) -> Targets:
     """Job output paths from the manifests the ledgers' `run` lines name, when they are
-    still there with the same digest (tried as given, and from the ledger's folder)."""
+    still there with the same digest (tried as given, and from the ledger's folder).
+    A guess that fails is passed over for the next: a file gone or unreadable
+    (OSError), or one `manifest.load` refuses (InputError, which it raises for
+    everything it finds wrong, an image since gone or changed included); its jobs'
+    images then go to `recovered/`."""
     from batchgen import grid, manifest
 
     targets = Targets()
@@ -58,7 +63,7 @@ def targets_from_manifests(manifests: Mapping[Path, list[tuple[str, str]]]) -> T
                     for job in grid.expand(loaded, check_paths=False):
                         if job.job_id not in targets:
                             targets.add(job.job_id, ledger_path.parent, job.output)
-                except Exception:  # a guess that failed (gone, changed, invalid): the fallback
+                except (OSError, InputError):  # gone, unreadable, now invalid: the next guess
                     continue
                 break
     return targets
