@@ -34,10 +34,10 @@ class BytesLRU:
             self.held_bytes -= len(old)
         self._entries[key] = data
         self.held_bytes += len(data)
-        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         while len(self._entries) > 1 and self._over():
             _, evicted = self._entries.popitem(last=False)
             self.held_bytes -= len(evicted)
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)  # what stays held
 
     def clear(self) -> None:
         self._entries.clear()

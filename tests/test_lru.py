@@ -19,6 +19,7 @@ def test_the_cache_keeps_the_most_recent_entries_that_fit(
 ) -> None:
     cache = BytesLRU(max_bytes, max_entries=max_entries)
     model: list[tuple[str, bytes]] = []  # least recent first
+    peak = 0
     for key, data in ops:
         if data is None:  # a get
             hit = next((v for k, v in model if k == key), None)
@@ -38,6 +39,8 @@ def test_the_cache_keeps_the_most_recent_entries_that_fit(
         assert len(cache) == len(model)
         assert cache.held_bytes == sum(len(v) for _, v in model)
         assert cache.peak_bytes >= cache.held_bytes
+        peak = max(peak, cache.held_bytes)
+        assert cache.peak_bytes == peak  # the most held once a put is done, never more
         if len(model) > 1:
             assert cache.held_bytes <= max_bytes
 

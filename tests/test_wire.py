@@ -13,6 +13,7 @@ import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -495,6 +496,22 @@ async def test_a_service_answering_500_to_everything_is_stopped_by_the_retry_bud
 # -- 8. a stop ends every wait at once ------------------------------------------------
 
 
+async def until_ledger(out: Path, holds: Callable[[list[str]], bool]) -> None:
+    """Until `holds` is true of the ledger's statuses (and "outage" for each line that
+    says it): a wait on the run's own record, never a fixed sleep."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            got = [r["status"] for r in lines(out)] + ["outage" for r in lines(out)
+                                                       if r.get("outage")]  # fmt: skip
+        except (FileNotFoundError, ValueError):  # not there yet; a line being written
+            got = []
+        if holds(got):
+            return
+        assert time.monotonic() < deadline, f"the ledger never got there: {got}"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("rpm", [None, 600.0], ids=["adaptive", "fixed"])
 async def test_a_signal_ends_a_long_429_pause_at_once(tmp_path: Path, rpm: float | None) -> None:
     m = make_project(tmp_path, images=4, prompts=2, seeds=1)  # 8 jobs
@@ -511,7 +528,8 @@ async def test_a_signal_ends_a_long_429_pause_at_once(tmp_path: Path, rpm: float
             run_against(api_base, m, out, rpm=rpm, concurrency=2, handle_signals=True)
         )
         await asked.wait()
-        await asyncio.sleep(0.4)  # everyone is in the 60 s pause now
+        # every request sent has its 429 recorded: the pool is in its 60 s pause now
+        await until_ledger(out, lambda got: 0 < got.count("started") == got.count("retry"))
         before = seen.requests
         os.kill(os.getpid(), signal.SIGTERM)
         began = time.monotonic()
@@ -528,7 +546,7 @@ async def test_a_signal_ends_the_breakers_pause_at_once(tmp_path: Path) -> None:
     run = asyncio.create_task(
         run_against(closed_port(), m, out, concurrency=2, handle_signals=True)
     )
-    await asyncio.sleep(1.5)  # both refused at once: the breaker is open, waiting to probe
+    await until_ledger(out, lambda got: "outage" in got)  # the breaker is open, waiting to probe
     os.kill(os.getpid(), signal.SIGTERM)
     began = time.monotonic()
     result = await asyncio.wait_for(run, timeout=10)
