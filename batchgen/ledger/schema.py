@@ -23,7 +23,7 @@ slower to read.
 - `settled`     an ambiguous attempt settled from the request history (`billed`, `cost`,
                 `request_id`, and `settles` naming the attempt: its `started` ts and number).
                 A `succeeded` line with `recovered: true` and `settles` is the image of such
-                an attempt, downloaded instead of paid again (batchgen/settle.py)
+                an attempt, downloaded instead of paid again (batchgen/settle/)
 
 New fields may be added at the end of a line; readers ignore what they do not know.
 """
@@ -151,7 +151,7 @@ def succeeded(job_id: str, *, output: str, cost: float, size: int, sha256: str, 
 def recovered(job_id: str, *, output: str, cost: float, size: int, sha256: str, attempts: int,
               request_id: str, params: Mapping[str, Any], settles: Settles) -> Record:  # fmt: skip
     """The `succeeded` line of an image downloaded from the request history instead of
-    paid again (batchgen/settle.py): the writer's order first, then what it settles."""
+    paid again (batchgen/settle/): the writer's order first, then what it settles."""
     headers = {"x-request-id": request_id}
     line = succeeded(job_id, output=output, cost=cost, size=size, sha256=sha256,
                      attempts=attempts, headers=headers, params=params)  # fmt: skip
