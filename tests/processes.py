@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -104,3 +105,15 @@ def wait_for_lines(path: Path, status: str, count: int, *, timeout: float = 30.0
             return
         time.sleep(0.02)
     raise TimeoutError(f"{path} never reached {count} {status} lines")
+
+
+def killed_mid_run(*args: str, env: dict[str, str], ledger: Path, successes: int,
+                   delay: float) -> None:  # fmt: skip
+    """`batchgen ARGS` started, left to run until `ledger` holds `successes` succeeded
+    lines and `delay` seconds more, then killed with SIGKILL (no cleanup of any kind) and
+    reaped: a crash at a moment the caller's random `delay` picks."""
+    run = batchgen(*args, env=env)
+    wait_for_lines(ledger, "succeeded", successes)
+    time.sleep(delay)
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=30)

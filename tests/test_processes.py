@@ -15,7 +15,7 @@ import pytest
 
 from batchgen import grid, ledger, manifest
 from batchgen.cli import main
-from tests.processes import batchgen, emulator_process, wait_for_lines
+from tests.processes import batchgen, emulator_process, killed_mid_run, wait_for_lines
 from tests.runs import job_fingerprints, make_project
 
 pytestmark = pytest.mark.slow
@@ -46,11 +46,9 @@ def test_sigkill_mid_run_then_resume_never_pays_twice_for_finished_work(tmp_path
     with emulator_process("--latency", "0.4", "--latency-jitter", "0.5") as emu:
         env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url}
         for _ in range(3):
-            run = batchgen("run", str(m), "--out", str(out), "--concurrency", "4", env=env)
-            wait_for_lines(out / "ledger.jsonl", "succeeded", len(charged_when_recorded) + 1)
-            time.sleep(rng.uniform(0.0, 0.6))
-            run.send_signal(signal.SIGKILL)
-            run.communicate(timeout=10)
+            killed_mid_run("run", str(m), "--out", str(out), "--concurrency", "4", env=env,
+                           ledger=out / "ledger.jsonl", successes=len(charged_when_recorded) + 1,
+                           delay=rng.uniform(0.0, 0.6))  # fmt: skip
             kills += 1
             succeeded, open_attempts = ledger_state(out)
             charges = emu.stats()["charges"]

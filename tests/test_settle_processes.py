@@ -4,7 +4,6 @@ history (downloaded when billed) instead of paid again. Real processes, real emu
 from __future__ import annotations
 
 import random
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 import batchgen
 from batchgen import grid, manifest
-from tests.processes import EmulatorProcess, emulator_process, wait_for_lines
+from tests.processes import EmulatorProcess, emulator_process, killed_mid_run
 from tests.processes import batchgen as batchgen_process
 from tests.runs import job_fingerprints, make_project
 
@@ -51,11 +50,8 @@ def test_a_sigkill_then_resume_charges_every_job_once(tmp_path: Path, settling: 
         env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url,
                "SEGMIND_HISTORY_BASE": emu.history_base}  # fmt: skip
         for kill in range(2):
-            run = batchgen_process(*args, env=env)
-            wait_for_lines(out / "ledger.jsonl", "succeeded", 3 + 6 * kill)
-            time.sleep(rng.uniform(0.1, 0.5))
-            run.send_signal(signal.SIGKILL)
-            run.communicate(timeout=10)
+            killed_mid_run(*args, env=env, ledger=out / "ledger.jsonl",
+                           successes=3 + 6 * kill, delay=rng.uniform(0.1, 0.5))  # fmt: skip
             cut += emu.stats()["in_flight"]
             quiet(emu)
         final = batchgen_process(*args, env=env)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import batchgen
 from batchgen import grid, manifest
 from tests.processes import batchgen as batchgen_process
-from tests.processes import emulator_process, wait_for_lines
+from tests.processes import emulator_process, killed_mid_run
 from tests.runs import job_fingerprints, make_project
 from tests.test_settle_processes import LATENCY_S, quiet
 
@@ -49,11 +48,8 @@ def test_a_sigkill_of_a_v2_run_then_resume_charges_every_job_once(
         env = {"SEGMIND_API_KEY": emu.key, "SEGMIND_API_BASE": emu.url,
                "SEGMIND_HISTORY_BASE": emu.history_base}  # fmt: skip
         for kill in range(2):
-            run = batchgen_process(*args, env=env)
-            wait_for_lines(out / "ledger.jsonl", "succeeded", 3 + 6 * kill)
-            time.sleep(rng.uniform(0.1, 0.5))
-            run.send_signal(signal.SIGKILL)
-            run.communicate(timeout=10)
+            killed_mid_run(*args, env=env, ledger=out / "ledger.jsonl",
+                           successes=3 + 6 * kill, delay=rng.uniform(0.1, 0.5))  # fmt: skip
             queued += open_submitted(out / "ledger.jsonl")
             quiet(emu)  # they complete and bill while nobody listens
             if ttl < 60:
