@@ -26,7 +26,7 @@ from pathlib import Path
 
 import batchgen
 from bench.common import KEY, emulator, machine, run_batchgen, scratch, verdict, write_manifest
-from tests.s3server import CREDENTIALS, make_bucket, objects
+from tests.s3server import CREDENTIALS, make_bucket, objects, restored_environ
 
 TARGET_SEGMENTS_PER_IMAGE = 0.2
 
@@ -99,11 +99,10 @@ def main(argv: list[str]) -> int:
     jobs, concurrency = args.jobs, args.concurrency
     print(machine())
     print(f"bench_object_store: {jobs} jobs, zero latency, concurrency {concurrency}")
-    saved = {name: os.environ.get(name) for name in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update(CREDENTIALS)
-    os.environ["AWS_MAX_ATTEMPTS"] = "3"
     code = 0
-    try:
+    with restored_environ(*CREDENTIALS, "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS"):
+        os.environ.update(CREDENTIALS)
+        os.environ["AWS_MAX_ATTEMPTS"] = "3"
         with (
             tempfile.TemporaryDirectory(dir=scratch()) as tmp,
             emulator("--image-scale", "0.01") as emu,
@@ -149,12 +148,6 @@ def main(argv: list[str]) -> int:
             segs / counted < TARGET_SEGMENTS_PER_IMAGE,
             f"{segs / counted:.3f} segment PUTs per image (target < {TARGET_SEGMENTS_PER_IMAGE})",
         )
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     return code
 
 

@@ -38,19 +38,26 @@ def moto_server() -> Iterator[str]:
 
 
 @contextmanager
-def aws_env(endpoint: str) -> Iterator[dict[str, str]]:
-    """AWS_* pointing at `endpoint` for this process (and what to give a child)."""
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+def restored_environ(*names: str) -> Iterator[None]:
+    """Whatever the block does to these environment variables is undone after it."""
+    saved = {name: os.environ.get(name) for name in names}
     try:
-        yield env
+        yield
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def aws_env(endpoint: str) -> Iterator[dict[str, str]]:
+    """AWS_* pointing at `endpoint` for this process (and what to give a child)."""
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+    with restored_environ(*env):
+        os.environ.update(env)
+        yield env
 
 
 def make_bucket(endpoint: str, name: str | None = None) -> str:
