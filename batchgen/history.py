@@ -74,13 +74,7 @@ def parse_time(text: object) -> float | None:
     """An ISO 8601 time (a `Z` or an offset; naive is UTC) as epoch seconds; None if not one."""
     if not isinstance(text, str) or not text:
         return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    return retry.iso_seconds(text)
 
 
 def parse_row(value: object) -> Row | None:

@@ -170,10 +170,18 @@ def _timestamp(value: str) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
+        return iso_seconds(value)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def iso_seconds(value: str) -> float | None:
+    """An ISO-8601 time (a `Z` or an offset; naive is UTC) as a POSIX timestamp, or None."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
