@@ -116,7 +116,8 @@ class Flow:
         self._refused: deque[float] = deque()  # when the requests answered 429 were sent
         self._flying: deque[tuple[float, int]] = deque()  # (sent at, others in flight then)
         self._latencies: deque[float] = deque(maxlen=self.SAMPLES)
-        self._p90 = 0.0
+        self._p90_known = 0.0
+        self._p90_stale = False  # a sample came since: sort again when it is asked for
         self._round_trip = 0.0  # smoothed seconds from send to answer (as TCP's SRTT)
         self.ceiling = math.inf  # what 429s have shown the service allows in flight
         self._confirmed = False  # a 429 came at the ceiling: it is the cap
@@ -135,14 +136,24 @@ class Flow:
     def round_trip(self) -> float:
         return self._round_trip
 
+    @property
+    def _p90(self) -> float:
+        """The p90 of recent successes' latencies, sorted only when asked for: slow start
+        never asks, and sorting on every answer was a measurable share of a busy loop."""
+        if self._p90_stale:
+            self._p90_known = _quantile(self._latencies, 0.9)
+            self._p90_stale = False
+        return self._p90_known
+
     def latency(self, now: float | None = None) -> float:
         """L of Little's law: the p90 of recent successes, or the oldest request's age
         when longer (at most twice the p90; before any answer, all there is)."""
         now = self._clock() if now is None else now
         oldest = now - self._flying[0][0] if self._flying else 0.0
-        if not self._p90:
+        p90 = self._p90
+        if not p90:
             return oldest
-        return max(self._p90, min(oldest, 2.0 * self._p90))
+        return max(p90, min(oldest, 2.0 * p90))
 
     def window(self, now: float | None = None) -> float:
         """Requests that may be in flight now."""
@@ -186,7 +197,8 @@ class Flow:
             return math.inf
         needed = (self.in_flight - self.MARGIN) / rate + 1e-6  # L that admits one more
         age = now - self._flying[0][0]
-        if self._p90 and needed > 2.0 * self._p90:
+        p90 = self._p90
+        if p90 and needed > 2.0 * p90:
             return math.inf
         return max(needed - age, 1e-3)
 
@@ -248,7 +260,7 @@ class Flow:
         self._oks.append((sent_at, others))
         sample = max(0.0, now - sent_at)
         self._latencies.append(sample)
-        self._p90 = _quantile(self._latencies, 0.9)
+        self._p90_stale = True
         self._round_trip = (
             sample if not self._round_trip else (0.875 * self._round_trip + 0.125 * sample)
         )

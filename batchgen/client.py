@@ -24,8 +24,8 @@ import select
 import time
 import weakref
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Final
 
 import aiohttp
@@ -91,6 +91,9 @@ class _Connector(aiohttp.TCPConnector):
                     self._used.add(protocol)
                 return conn
             if not _idle_socket_readable(conn):
+                attempt = _ATTEMPT.get()
+                if attempt is not None:
+                    attempt.reused = True
                 return conn
             conn.close()  # the server gave up on it; the next one is checked too
         return conn  # every one looked closed: send anyway, the answer will tell
@@ -112,29 +115,18 @@ def _idle_socket_readable(conn: Connection) -> bool:
         return True
 
 
-def _trace_config() -> aiohttp.TraceConfig:
-    """Tells each request (through its trace_request_ctx) whether its connection was a
-    kept-alive one used before or a new one."""
-
-    async def reused(_: object, context: SimpleNamespace, __: object) -> None:
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.reused = True
-
-    async def created(_: object, context: SimpleNamespace, __: object) -> None:
-        if isinstance(context.trace_request_ctx, _Attempt):
-            context.trace_request_ctx.reused = False
-
-    config = aiohttp.TraceConfig()
-    config.on_connection_reuseconn.append(reused)
-    config.on_connection_create_end.append(created)
-    return config
-
-
 class _Attempt:
+    """What the connector found for one request: a kept-alive connection used before
+    (`reused`), or a new one. Set through `_ATTEMPT` (a context variable: the connector
+    runs in the sending task), which costs less than aiohttp's tracing signals."""
+
     __slots__ = ("reused",)
 
     def __init__(self) -> None:
         self.reused = False
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("batchgen_attempt", default=None)
 
 
 def make_session(
@@ -145,7 +137,6 @@ def make_session(
         connector=_Connector(limit=concurrency),
         timeout=aiohttp.ClientTimeout(total=timeout, connect=retry.CONNECT_TIMEOUT_S),
         headers={"User-Agent": USER_AGENT},
-        trace_configs=[_trace_config()],
     )
 
 
@@ -214,13 +205,13 @@ class Client:
         """POST `body` with the key, never following a redirect; every failure before an
         answer's status line is a TransportError saying whether it may have been sent."""
         attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
         try:
             response = await session.post(
                 url,
                 data=body,
                 headers=self._headers,
                 allow_redirects=False,  # the key must not follow a Location anywhere
-                trace_request_ctx=attempt,
             )
         except aiohttp.ConnectionTimeoutError:
             raise TransportError(
@@ -247,6 +238,8 @@ class Client:
             raise TransportError(
                 f"connection failed: {_name(err)}", sent=True, reason="connection lost"
             ) from None
+        finally:
+            _ATTEMPT.reset(token)
         return response
 
     async def _refusal(self, response: aiohttp.ClientResponse) -> ApiStatusError:

@@ -42,12 +42,27 @@ class Progress:
         self.spent = 0.0
         self._started = self._last_log = time.monotonic()
         self._waiting: set[str] = set()
+        self._shown = ""  # the bar's status text now
         self._want_bar = bar
         self._settled = 0  # requests of earlier runs the history settled before this one
         self._bar: tqdm[Never] | None = None
 
     def __call__(self, event: events.Event) -> None:
-        match event:
+        match event:  # the two events of every job first: each case is a test
+            case events.JobStarted(job_id=job_id):
+                self._waiting.discard(job_id)
+                if self._want_bar and self._bar is None:  # after any question was answered
+                    self._bar = tqdm(total=self.total, unit="img", file=self.stream,
+                                     dynamic_ncols=True, smoothing=0.1)  # fmt: skip
+            case events.JobFinished(job_id=job_id, ok=ok, cost=cost):
+                self._waiting.discard(job_id)
+                if ok:
+                    self.done += 1
+                else:
+                    self.failed += 1
+                self.spent += cost
+                if self._bar is not None:
+                    self._bar.update(1)
             case events.RunPlanned(plan=plan, cut_in_flight=cut):
                 self.total = plan.to_run
                 for line in planned_lines(plan, cut, settled=self._settled):
@@ -64,22 +79,8 @@ class Progress:
                 if report.unavailable is None and (report.settled or report.unknown):
                     self._write(report.line())  # an unavailable history was logged already
                 return
-            case events.JobFinished(job_id=job_id, ok=ok, cost=cost):
-                self._waiting.discard(job_id)
-                if ok:
-                    self.done += 1
-                else:
-                    self.failed += 1
-                self.spent += cost
-                if self._bar is not None:
-                    self._bar.update(1)
             case events.JobRetrying(job_id=job_id):
                 self._waiting.add(job_id)
-            case events.JobStarted(job_id=job_id):
-                self._waiting.discard(job_id)
-                if self._want_bar and self._bar is None:  # after any question was answered
-                    self._bar = tqdm(total=self.total, unit="img", file=self.stream,
-                                     dynamic_ncols=True, smoothing=0.1)  # fmt: skip
             case events.JobThrottled():
                 self.throttled += 1
             case events.RunStopping(message=reason):
@@ -89,7 +90,10 @@ class Progress:
 
     def _refresh(self) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(self._status(), refresh=False)
+            status = self._status()
+            if status != self._shown:  # tqdm's postfix costs more than the comparison
+                self._shown = status
+                self._bar.set_postfix_str(status, refresh=False)
             return
         now = time.monotonic()
         if now - self._last_log >= self.interval:
