@@ -55,9 +55,8 @@ NIGHT = {"fault_504": 0.15, "billed_504_share": 1.0, "seed": 11}
 
 
 # Fewer billed 504s than open the circuit breaker, however the answers interleave: with
-# more, five of them coming back in a row (a matter of timing, under load) open it, and the
-# breaker sends the last one again as the outage's attempt, not the job's, --max-attempts 1
-# or not: paid twice within a run without settlement, before reconcile can recover it.
+# more, five of them coming back in a row (a matter of timing, under load) open it, and
+# the night becomes the breaker's (the pool pauses and probes), which is not this test's.
 BELOW_AN_OUTAGE = {"script": (200, 200, 200, 504) * (retry.BREAKER_FAILURES - 1),
                    "billed_504_share": 1.0}  # fmt: skip
 
@@ -88,26 +87,49 @@ async def test_billed_504s_are_downloaded_not_paid_again(tmp_path: Path) -> None
         assert record["request_id"] and record["cost"] == api.PRICE_USD
 
 
-async def test_a_504_the_breaker_sent_again_is_settled_billed_not_recovered(
+async def test_a_504_that_opens_the_breaker_is_one_of_the_jobs_attempts(
     tmp_path: Path,
 ) -> None:
-    """What made the night above flaky, made certain: at --concurrency 1 one outage
-    failure opens the breaker, so without settlement a billed 504 is sent again as the
-    outage's attempt (not the job's: --max-attempts 1 does not stop it). Its `retry`
-    line says billed maybe; reconcile finds its row billed, with nothing to download
-    (the job's image came with the second answer), and the money is the service's."""
+    """At --concurrency 1 one outage failure opens the breaker. A billed 504 may have
+    cost the job's money, so it is one of its --max-attempts like any other: with 1,
+    without settlement, it is not sent again as the outage's attempt (it used to be,
+    and was paid twice). The job fails, retryably, billed maybe; reconcile finds its
+    row billed and downloads the image, and the money is the service's."""
     m = make_project(tmp_path, images=1, prompts=1, seeds=1)
     fingerprints = job_fingerprints(m)
     async with emulated(script=(504,), billed_504_share=1.0) as served:
         out = await night(tmp_path, served, max_attempts=1, concurrency=1, reconcile=False,
                           sleep=FakeSleep())  # fmt: skip
-        resent = [r for r in lines(out) if r["status"] == "retry" and r.get("outage")]
-        assert len(resent) == 1 and resent[0]["billed"] == "maybe"
-        assert charged(served, fingerprints) == Counter({2: 1})
+        assert charged(served, fingerprints) == Counter({1: 1})
+        (failed,) = [r for r in lines(out) if r["status"] == "failed"]
+        assert (failed["billed"], failed["retryable"], failed["http_status"]) == (
+            "maybe",
+            True,
+            504,
+        )
+        assert not [r for r in lines(out) if r["status"] == "retry"]
         report = await batchgen.reconcile_async(out, api_key=served.api_key, api_base=served.url)
-        assert (report.recovered, report.billed, report.not_billed) == (0, 1, 0)
+        assert (report.recovered, report.not_billed) == (1, 0)
+        assert done_jobs(out) == set(fingerprints)
         summary = batchgen.report(out)
         assert summary.spent == pytest.approx(served.stats.spent) and summary.possibly_billed == 0
+
+
+async def test_an_outage_that_never_reached_the_service_uses_no_attempts(
+    tmp_path: Path,
+) -> None:
+    """The other half of the rule: 503s (not billed) that open the breaker are the
+    outage's, not the job's: --max-attempts 1 still lets the probe through, and the
+    job succeeds once the service answers, paid once."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    async with emulated(script=(503, 503)) as served:
+        out = await night(tmp_path, served, max_attempts=1, concurrency=1, reconcile=False,
+                          sleep=FakeSleep())  # fmt: skip
+        outage = [r for r in lines(out) if r["status"] == "retry" and r.get("outage")]
+        assert len(outage) == 2 and {r["billed"] for r in outage} == {"no"}
+        assert done_jobs(out) == set(fingerprints)
+        assert charged(served, fingerprints) == Counter({1: 1})
 
 
 async def test_a_night_of_billed_504s_pays_each_image_once_within_the_run(

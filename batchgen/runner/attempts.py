@@ -102,8 +102,16 @@ class JobAttempts:
                         await recorder.interrupted(job, params, error, billed)  # a 504 may
                         self.totals.deferred += 1  # have been billed: settle, not resend
                         return
+                    if (
+                        billed != "no"
+                        and attempt >= self.options.max_attempts
+                        and not self.breaker.given_up
+                    ):  # it may have cost the job's money: an attempt, its last one
+                        await recorder.fail(job, params, error, attempt, billed, retryable=True)
+                        return
                     await recorder.retrying(job, error, billed, attempt, None, outage=True)
-                    attempt -= 1
+                    if billed == "no":  # it never reached the service: not the job's attempt
+                        attempt -= 1
                     if self.breaker.given_up:
                         await recorder.interrupted(job, params, error, billed)
                         self.request_stop(StopReason.OUTAGE, self._outage_reason())
