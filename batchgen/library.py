@@ -275,8 +275,7 @@ async def run_async(
                 api_base=base,
                 api_key=key,
                 options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
-                                   defer_ambiguous=defer and not last_round,
-                                   first_window=concurrency),
+                                   defer_ambiguous=defer, first_window=concurrency),
                 rpm=rate,
                 timeout=timeout,
                 shard=str(owned) if owned else None,
@@ -290,8 +289,8 @@ async def run_async(
                 to_run=prepared.plan.to_run, images=encoded, **seams,
             )  # fmt: skip
             batches.append(batch)
-            if not batch.totals.deferred or batch.totals.stopped is not None:
-                break
+            if not batch.totals.deferred or batch.totals.stopped is not None or last_round:
+                break  # after the last pass, what it deferred waits for the next run
             # Requests whose answers were lost: the history says whether they were billed
             # (their images are downloaded) before anything is sent for them again.
             report = await passes.settle_first(
@@ -307,7 +306,8 @@ async def run_async(
                 retry_failed=retry_failed, concurrency=concurrency, rpm=rate,
             )  # fmt: skip
     result = passes.combined(batches, in_run, the_plan, out_path, ledger_path, the_plan.price)
-    return replace(result, settlement=settled, held_back=len(held), uploaded=uploaded)
+    result = replace(result, settlement=settled, held_back=len(held), uploaded=uploaded)
+    return passes.left_for_next_run(result)
 
 
 P = ParamSpec("P")

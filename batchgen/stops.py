@@ -26,6 +26,8 @@ class StopReason(enum.Enum):
     NOT_CONFIRMED = "not_confirmed"  # the person at the terminal said no: nothing sent
     SERVICE = "service"  # any other answer that makes every job fail
     UPLOAD = "upload"  # --upload-images: the images could not be uploaded; nothing sent
+    UNSETTLED = "unsettled"  # ran to its end, but left jobs whose request may still be
+    # billed: the next run settles them from the request history first
 
 
 @dataclass(frozen=True, slots=True)

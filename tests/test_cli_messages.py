@@ -164,6 +164,26 @@ def test_failures_for_good_point_at_retry_failed(
         assert emu.stats()["billed_total"] == 4
 
 
+def test_jobs_left_for_settlement_exit_3_and_say_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that ran to its end but held a job back (its request may still be billed,
+    and the history has no final word yet) did not finish: exit 3, as for any run a
+    cron wrapper should simply run again, with the reason and the resume command."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    with emulator_process("--script", "504", "--billed-504-share", "1",
+                          "--history-lag", "3600") as emu:  # fmt: skip
+        monkeypatch.setenv("SEGMIND_API_KEY", emu.key)
+        monkeypatch.setenv("SEGMIND_API_BASE", emu.url)
+        argv = ["run", str(m), "--out", str(out), "--concurrency", "1", "--history-lag", "600"]
+        assert main([*argv, "--no-progress"]) == 3
+        stdout = capsys.readouterr().out
+        assert "stopped early" in stdout and "1 job left for the next run" in stdout, stdout
+        assert "  succeeded   1" in stdout and resume_line(stdout)[1:3] == ["run", str(m)]
+        assert emu.stats()["billed_total"] == 2  # the 504 was billed once, never sent again
+
+
 def expensive_project(root: Path) -> Path:
     """8 jobs at $1 each: above the default --confirm-above of $5."""
     m = make_project(root, images=2, prompts=2, seeds=2)

@@ -18,8 +18,10 @@ import pytest
 import batchgen
 from batchgen import api, grid, ledger, manifest, outputs, retry, settle
 from batchgen.emulator import RunningEmulator
+from batchgen.emulator.state import STATE
 from batchgen.history import Row
 from batchgen.images import EncodedImages, LocalImage
+from batchgen.settle import passes
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
 
@@ -130,6 +132,42 @@ async def test_an_outage_that_never_reached_the_service_uses_no_attempts(
         assert len(outage) == 2 and {r["billed"] for r in outage} == {"no"}
         assert done_jobs(out) == set(fingerprints)
         assert charged(served, fingerprints) == Counter({1: 1})
+
+
+async def test_a_billed_504_in_the_last_pass_is_left_for_the_next_run_not_resent(
+    tmp_path: Path,
+) -> None:
+    """A job whose answer is lost in each of the run's settlement passes: twice not
+    billed (settled so, sent again), then billed in the last pass. It is deferred like
+    the others, not retried within the run (which paid it twice): the run stops,
+    UNSETTLED, leaving it for the next run, which downloads its image. Paid once."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    async with emulated(script=(504,) * passes.SETTLE_ROUNDS, billed_504_share=0.0) as served:
+        sends = 0
+
+        def bill_the_last_one(event: batchgen.Event) -> None:
+            nonlocal sends
+            if isinstance(event, batchgen.JobStarted):
+                sends += 1
+                if sends == passes.SETTLE_ROUNDS:  # the emulator's own state: its next 504
+                    state = served.app[STATE]  # made the image and is billed
+                    state.config = replace(state.config, billed_504_share=1.0)
+
+        result = await night_result(tmp_path, served, sleep=FakeSleep(),
+                                    on_event=bill_the_last_one)  # fmt: skip
+        assert sends == passes.SETTLE_ROUNDS
+        assert result.stopped is not None
+        assert result.stopped.reason is batchgen.StopReason.UNSETTLED, result.stopped
+        assert (result.not_run, result.succeeded) == (1, 0)
+        assert result.possibly_billed == pytest.approx(api.PRICE_USD)
+        assert charged(served, fingerprints) == Counter({1: 1})
+        again = await night_result(tmp_path, served)
+        assert again.stopped is None and again.requests == 0
+        assert again.settlement is not None and again.settlement.recovered == 1
+        assert charged(served, fingerprints) == Counter({1: 1})
+        assert done_jobs(tmp_path / "out") == set(fingerprints)
+        assert batchgen.report(tmp_path / "out").spent == pytest.approx(served.stats.spent)
 
 
 async def test_a_night_of_billed_504s_pays_each_image_once_within_the_run(

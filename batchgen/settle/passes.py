@@ -23,6 +23,7 @@ from batchgen.results import RunResult
 from batchgen.settle.folder import settle_out
 from batchgen.settle.report import SettleReport
 from batchgen.settle.targets import Targets
+from batchgen.stops import Stop, StopReason
 
 log = logging.getLogger("batchgen")
 
@@ -127,6 +128,27 @@ class LazyTargets(Targets):
 
 
 SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not billed
+
+
+def left_for_next_run(result: RunResult) -> RunResult:
+    """A run that ran to its end but left jobs behind for safety is not a finished one:
+    jobs held back (an earlier request of theirs may still be billed, and the history
+    has no final word yet) and jobs whose answers were lost in the last pass (deferred:
+    sending them again might pay twice). It says so as a stop (exit 3, resumable: the
+    next run settles them first), so `stopped is None` keeps meaning every job ran."""
+    if result.stopped is not None or not (result.held_back or result.not_run):
+        return result
+    parts = []
+    if result.held_back:
+        parts.append(f"{result.held_back:,} held back: an earlier request of theirs may "
+                     "still be billed and the request history has no final word yet")  # fmt: skip
+    if result.not_run:
+        parts.append(f"{result.not_run:,} lost their answers in the last of "
+                     f"{SETTLE_ROUNDS} passes: sending them again might pay twice")  # fmt: skip
+    jobs = result.held_back + result.not_run
+    message = (f"{jobs:,} job{'s' if jobs != 1 else ''} left for the next run to settle "
+               f"first ({'; '.join(parts)})")  # fmt: skip
+    return replace(result, stopped=Stop(StopReason.UNSETTLED, message))
 
 
 def combined(

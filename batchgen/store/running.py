@@ -168,7 +168,7 @@ async def _run_leased(
         config = BatchConfig(
             manifest=prepared.manifest, out=location.folder, ledger_path=location.folder / name,
             api_base=api_base, api_key=leased.api_key,
-            options=replace(options, defer_ambiguous=defer and not last_round), rpm=rpm,
+            options=replace(options, defer_ambiguous=defer), rpm=rpm,
             timeout=timeout, shard=str(owned) if owned else None, writer=leased.writer, api=api,
             **({"typical_latency": typical_latency} if typical_latency is not None else {}),
         )  # fmt: skip
@@ -182,8 +182,8 @@ async def _run_leased(
             to_run=prepared.plan.to_run, **seams,
         )  # fmt: skip
         batches.append(batch)
-        if not batch.totals.deferred or batch.totals.stopped is not None:
-            break
+        if not batch.totals.deferred or batch.totals.stopped is not None or last_round:
+            break  # after the last pass, what it deferred waits for the next run
         # Requests whose answers were lost: the history says whether they were billed
         # (their images are fetched and PUT) before anything is sent for them again.
         report = await leased.settle(prepared.manifest, owned)
@@ -201,4 +201,4 @@ async def _run_leased(
         except (OSError, LedgerError) as err:  # the parts stay; readers take either
             log.warning("batchgen: %s: segments not merged: %s", ledger_url, err)
     result = passes.combined(batches, in_run, the_plan, out_url, ledger_url, the_plan.price)
-    return replace(result, settlement=settled, held_back=len(held))
+    return passes.left_for_next_run(replace(result, settlement=settled, held_back=len(held)))
