@@ -263,50 +263,45 @@ async def run_async(
         if clock is not None:
             seams["clock"] = clock
         rate = preflight.rate(rpm, rpm_total, owned)
-        defer = reconcile and (settled is None or settled.unavailable is None)
-        batches: list[BatchResult] = []
-        in_run: list[settle.SettleReport] = []
-        while True:
-            last_round = len(batches) + 1 >= passes.SETTLE_ROUNDS
+        options = RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
+                             first_window=concurrency)  # fmt: skip
+
+        async def run_pass(defer: bool, held: frozenset[str]) -> BatchResult:
             config = BatchConfig(
-                manifest=prepared.manifest,
-                out=out_path,
-                ledger_path=ledger_path,
-                api_base=base,
-                api_key=key,
-                options=RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
-                                   defer_ambiguous=defer, first_window=concurrency),
-                rpm=rate,
-                timeout=timeout,
-                shard=str(owned) if owned else None,
-                api=api,
+                manifest=prepared.manifest, out=out_path, ledger_path=ledger_path,
+                api_base=base, api_key=key, options=replace(options, defer_ambiguous=defer),
+                rpm=rate, timeout=timeout, shard=str(owned) if owned else None, api=api,
                 typical_latency=typical_latency,
             )  # fmt: skip
-            held = settled.unknown_jobs if settled is not None else frozenset()
             jobs = (job for job in prepared.jobs() if job.job_id not in held)
-            batch = await run_batch(
+            return await run_batch(
                 config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
                 to_run=prepared.plan.to_run, images=encoded, **seams,
             )  # fmt: skip
-            batches.append(batch)
-            if not batch.totals.deferred or batch.totals.stopped is not None or last_round:
-                break  # after the last pass, what it deferred waits for the next run
+
+        async def settle_pass() -> settle.SettleReport:
             # Requests whose answers were lost: the history says whether they were billed
             # (their images are downloaded) before anything is sent for them again.
-            report = await passes.settle_first(
+            return await passes.settle_first(
                 prepared.manifest, owned, out_path, ledger_path, preflight.as_path(ledger), key,
                 preflight.history_base(history_base, base), history_lag, emit, sleep, queue_base,
                 clock,
             )  # fmt: skip
-            in_run.append(report)
-            settled = report if settled is None else passes.merged(settled, report)
-            defer = report.unavailable is None
+
+        async def replan() -> None:
+            nonlocal prepared
             prepared = preflight.prepare(
                 prepared.manifest, out=out_path, ledger_file=preflight.as_path(ledger), owned=owned,
                 retry_failed=retry_failed, concurrency=concurrency, rpm=rate,
             )  # fmt: skip
-    result = passes.combined(batches, in_run, the_plan, out_path, ledger_path, the_plan.price)
-    result = replace(result, settlement=settled, held_back=len(held), uploaded=uploaded)
+
+        ran = await passes.run_passes(
+            run_pass, settle_pass, replan, settled=settled,
+            defer=reconcile and (settled is None or settled.unavailable is None),
+        )  # fmt: skip
+    result = passes.combined(ran.batches, ran.in_run, the_plan, out_path, ledger_path,
+                             the_plan.price)  # fmt: skip
+    result = replace(result, settlement=ran.settled, held_back=len(ran.held), uploaded=uploaded)
     return passes.left_for_next_run(result)
 
 

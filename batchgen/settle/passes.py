@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchgen import events, ledger, preflight, shard, uploads
@@ -128,6 +128,48 @@ class LazyTargets(Targets):
 
 
 SETTLE_ROUNDS = 3  # a pass, then up to two more for what settlement found not billed
+
+
+@dataclass(frozen=True)
+class Passes:
+    """What a run's passes did: each pass's batch, the settlement after each pass but
+    the last, the settlement of the whole run (before it, and in it), and the jobs
+    the last pass held back."""
+
+    batches: list[BatchResult]
+    in_run: list[SettleReport]
+    settled: SettleReport | None
+    held: frozenset[str]
+
+
+async def run_passes(
+    run_pass: Callable[[bool, frozenset[str]], Awaitable[BatchResult]],
+    settle_pass: Callable[[], Awaitable[SettleReport]],
+    replan: Callable[[], Awaitable[None]],
+    *,
+    settled: SettleReport | None,
+    defer: bool,
+) -> Passes:
+    """A run as passes, the same for a folder and a store. `run_pass(defer, held)` runs
+    the jobs not held back, deferring lost answers while `defer` (the history can say
+    whether they were billed); when a pass deferred some, `settle_pass` asks the
+    history (billed: downloaded; not billed: `replan`, then the next pass sends them).
+    What the last of SETTLE_ROUNDS passes defers waits for the next run, which settles
+    it first: a lost answer is never sent again blindly while the history can tell."""
+    batches: list[BatchResult] = []
+    in_run: list[SettleReport] = []
+    while True:
+        held = settled.unknown_jobs if settled is not None else frozenset()
+        batch = await run_pass(defer, held)
+        batches.append(batch)
+        totals = batch.totals
+        if not totals.deferred or totals.stopped is not None or len(batches) >= SETTLE_ROUNDS:
+            return Passes(batches, in_run, settled, held)
+        report = await settle_pass()
+        in_run.append(report)
+        settled = report if settled is None else merged(settled, report)
+        defer = report.unavailable is None
+        await replan()
 
 
 def left_for_next_run(result: RunResult) -> RunResult:

@@ -159,12 +159,8 @@ async def _run_leased(
     if confirm is not None and not confirm(the_plan):
         stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
         return RunResult(the_plan, out_url, ledger_url, stopped=stop, settlement=settled)
-    defer = leased.settlement is not None and (settled is None or settled.unavailable is None)
-    batches: list[BatchResult] = []
-    in_run: list[settle.SettleReport] = []
-    while True:
-        last_round = len(batches) + 1 >= passes.SETTLE_ROUNDS
-        held = settled.unknown_jobs if settled is not None else frozenset()
+
+    async def run_pass(defer: bool, held: frozenset[str]) -> BatchResult:
         config = BatchConfig(
             manifest=prepared.manifest, out=location.folder, ledger_path=location.folder / name,
             api_base=api_base, api_key=leased.api_key,
@@ -177,28 +173,35 @@ async def _run_leased(
             for job in preflight.shard_jobs(prepared.manifest, owned, check_paths=False)
             if job.job_id not in held
         )
-        batch = await run_batch(
+        return await run_batch(
             config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
             to_run=prepared.plan.to_run, **seams,
         )  # fmt: skip
-        batches.append(batch)
-        if not batch.totals.deferred or batch.totals.stopped is not None or last_round:
-            break  # after the last pass, what it deferred waits for the next run
+
+    async def settle_pass() -> settle.SettleReport:
         # Requests whose answers were lost: the history says whether they were billed
         # (their images are fetched and PUT) before anything is sent for them again.
-        report = await leased.settle(prepared.manifest, owned)
-        in_run.append(report)
-        settled = report if settled is None else passes.merged(settled, report)
-        defer = report.unavailable is None
+        return await leased.settle(prepared.manifest, owned)
+
+    async def replan() -> None:
+        nonlocal prepared
         prepared = await prepare(
             store, source, owned=owned, retry_failed=options.retry_failed,
             concurrency=options.concurrency, rpm=rpm,
         )  # fmt: skip
+
+    ran = await passes.run_passes(
+        run_pass, settle_pass, replan, settled=settled,
+        defer=leased.settlement is not None and (settled is None or settled.unavailable is None),
+    )  # fmt: skip
     writers, lease = leased.writers, leased.lease
     if writers and all(w.failed is None for w in writers) and lease.lost is None:
         try:
             await writers[-1].compact()
         except (OSError, LedgerError) as err:  # the parts stay; readers take either
             log.warning("batchgen: %s: segments not merged: %s", ledger_url, err)
-    result = passes.combined(batches, in_run, the_plan, out_url, ledger_url, the_plan.price)
-    return passes.left_for_next_run(replace(result, settlement=settled, held_back=len(held)))
+    result = passes.combined(ran.batches, ran.in_run, the_plan, out_url, ledger_url,
+                             the_plan.price)  # fmt: skip
+    return passes.left_for_next_run(
+        replace(result, settlement=ran.settled, held_back=len(ran.held))
+    )
