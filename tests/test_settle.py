@@ -500,3 +500,72 @@ def test_output_paths_come_from_a_manifest_only_while_it_is_there_unchanged(
     m.unlink()  # gone
     targets = settle.targets.targets_from_manifests({ledger_path: [(str(m), digest)]})
     assert targets.place(job.job_id, ledger_path, "jpg")[0] == f"recovered/{job.job_id}.jpg"
+
+
+async def test_a_billed_504_whose_image_cannot_be_fetched_is_not_counted_twice(
+    tmp_path: Path,
+) -> None:
+    """A billed 504, deferred; the history says COMPLETED but its output has expired
+    (lost): the job runs again in pass 2. The service charged 2 x price; the result
+    must say spent 2 x price and nothing possibly billed."""
+    make_project(tmp_path, images=1, prompts=1, seeds=1)
+    async with emulated(script=(504,), billed_504_share=1.0, output_ttl=1e-6) as served:
+        result = await run(tmp_path / "m.yaml", served, tmp_path / "out", sleep=FakeSleep())
+        assert result.settlement is not None and result.settlement.lost == 1
+        assert result.succeeded == 1
+        assert served.stats.spent == pytest.approx(2 * api.PRICE_USD)
+        assert result.spent == pytest.approx(served.stats.spent)
+        assert result.possibly_billed == 0  # it was PRICE_USD: counted in spent too
+
+
+async def test_an_outage_past_the_limit_stops_the_run_when_its_last_probe_is_a_504(
+    tmp_path: Path,
+) -> None:
+    """Every answer a 504 (not billed), settlement on, --outage-limit 5: the probe that
+    goes at the limit is a maybe-billed 504, deferred before `given_up` is looked at, so
+    the OUTAGE stop was never asked for: the pass ended with stopped None, was settled,
+    and the next pass met the outage again (three times the limit, and UNSETTLED)."""
+    make_project(tmp_path, images=3, prompts=2, seeds=2)  # 12 jobs
+    async with emulated(fault_504=1.0, billed_504_share=0.0) as served:
+        result = await run(tmp_path / "m.yaml", served, tmp_path / "out", sleep=FakeSleep(),
+                           concurrency=1, outage_limit=5.0)  # fmt: skip
+    assert result.stopped is not None
+    assert result.stopped.reason is batchgen.StopReason.OUTAGE, result.stopped
+
+
+async def test_an_earlier_runs_attempt_settled_in_run_does_not_hide_this_runs_maybe(
+    tmp_path: Path,
+) -> None:
+    """Run 1 leaves J's 504 (not billed) unsettled. Run 2: its row has not shown yet, so
+    J is held back; K's 504 is deferred. The in-run settlement finds J's row (FAILED:
+    not billed) but not yet K's (unknown, held back). K may have been billed: the run's
+    possibly_billed must be one price. combined() subtracts J's decision from this
+    run's maybe money (J's maybe was run 1's), leaving 0."""
+    from dataclasses import replace
+
+    from batchgen.emulator.state import STATE
+
+    make_project(tmp_path, images=1, prompts=1, seeds=2)  # 2 jobs
+    offset = [0.0]
+    async with emulated(script=(504,), billed_504_share=0.0, history_lag=100.0,
+                        wall_clock=lambda: time.time() + offset[0]) as served:  # fmt: skip
+        first = await run(tmp_path / "m.yaml", served, tmp_path / "out", sleep=FakeSleep(),
+                          reconcile=False, max_attempts=1, concurrency=1,
+                          max_cost=1.5 * api.PRICE_USD)  # fmt: skip
+        assert first.stopped is not None and first.stopped.reason is batchgen.StopReason.BUDGET
+        state = served.app[STATE]
+
+        def k_is_lost_and_late(event: batchgen.Event) -> None:
+            if isinstance(event, batchgen.JobStarted) and not state.script and offset[0] == 0:
+                state.script.append(504)
+                state.config = replace(state.config, history_lag=50.0, billed_504_share=1.0)
+                offset[0] = 50.0
+
+        result = await run(tmp_path / "m.yaml", served, tmp_path / "out", sleep=FakeSleep(),
+                           concurrency=1, on_event=k_is_lost_and_late)  # fmt: skip
+    assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.UNSETTLED
+    assert (result.held_back, result.succeeded) == (1, 1), result
+    assert result.possibly_billed == pytest.approx(api.PRICE_USD), (
+        result.settlement,
+        result.requests,
+    )  # today: 0

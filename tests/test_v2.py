@@ -314,3 +314,29 @@ async def test_the_run_line_says_which_api(tmp_path: Path) -> None:
     async with emulated() as served:
         await run(m, served, out, sleep=FakeSleep(), api="v2")
     assert _options(lines(out))["api"] == "v2"
+
+
+async def test_a_lost_v2_request_settled_failed_in_run_is_counted_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2: the run loses track of a queued request (deferred); the in-run settlement
+    polls its id and finds it FAILED, so the job fails for good. The result must say
+    failed == 1 (exit 1), not 0 succeeded / 0 failed / 0 not run with stopped None."""
+    make_project(tmp_path, images=1, prompts=1, seeds=1)
+    # the run's own give-up time, made zero (a timing seam, as FakeSleep is): the
+    # request is lost at its first poll, and the settlement after the pass polls it
+    monkeypatch.setattr(queue_client, "GIVE_UP_AFTER_S", 0.0)
+    holder: dict[str, object] = {}
+
+    async def gated(_: float) -> None:  # the emulator works until the run's poll is in
+        while holder["served"].stats.polls < 2:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+    async with emulated(v2_fail=1.0, latency=1.0, sleep=gated) as served:
+        holder["served"] = served
+        result = await run(tmp_path / "m.yaml", served, tmp_path / "out", sleep=FakeSleep(),
+                           api="v2", typical_latency=0.5)  # fmt: skip
+    statuses = [r["status"] for r in lines(tmp_path / "out")]
+    assert "failed" in statuses, statuses  # the ledger: failed for good
+    assert (result.succeeded, result.not_run, result.stopped) == (0, 0, None)
+    assert result.failed == 1  # it was 0: the CLI exited 0 for a failed job

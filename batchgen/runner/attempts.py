@@ -99,8 +99,11 @@ class JobAttempts:
                 if self.breaker.failed(retry.outage_reason(error), probe=probe):
                     # the service is unreachable: the outage's failure, not the job's
                     if billed == "maybe" and self.options.defer_ambiguous:
+                        if self.breaker.given_up:  # the outage outlasted its limit: stop
+                            self.request_stop(StopReason.OUTAGE, self._outage_reason())
                         await recorder.interrupted(job, params, error, billed)  # a 504 may
                         self.totals.deferred += 1  # have been billed: settle, not resend
+                        self.totals.deferred_jobs.add(job.job_id)
                         return
                     if (
                         billed != "no"
@@ -157,6 +160,7 @@ class JobAttempts:
                 # settles, then runs what was not billed), and the worker goes on.
                 await recorder.interrupted(job, params, error, billed)
                 self.totals.deferred += 1
+                self.totals.deferred_jobs.add(job.job_id)
                 return
             if attempt >= self.options.max_attempts:
                 await recorder.fail(job, params, error, attempt, billed, retryable=True)

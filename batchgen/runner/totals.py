@@ -17,6 +17,7 @@ class RunTotals:
     not_run: int = 0  # left for the next run when this one stopped early (set at the end)
     unwritten: int = 0  # paid for, but the image could not be written
     deferred: int = 0  # maybe billed: left to settle from the request history, not retried
+    deferred_jobs: set[str] = field(default_factory=set)  # ... and whose they were
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0

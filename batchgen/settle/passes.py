@@ -209,17 +209,26 @@ def combined(
     failures: Counter[tuple[int | None, str]] = Counter()
     for batch in batches:
         failures.update(batch.totals.failures)
-    recovered = sum(r.recovered for r in settled)
-    decided = recovered + sum(r.billed + r.not_billed + r.failed for r in settled)
+    # each settlement follows a pass: of what it decided, only the attempts that pass
+    # deferred are this run's money (a job held back from an earlier run may be decided
+    # in it too: that run's money, as when it is settled before a run)
+    recovered = decided = 0
+    charged = 0.0
+    for batch, report in zip(batches, settled, strict=False):
+        mine = batch.totals.deferred_jobs
+        recovered += len(report.recovered_jobs & mine)
+        ours = [job for job in report.charged_jobs if job in mine]
+        decided += len(ours)
+        charged += sum(report.charged_jobs[job] for job in ours)
     return RunResult(
         plan, out, ledger_path,
         succeeded=sum(b.totals.succeeded for b in batches) + recovered,
-        failed=sum(b.totals.failed for b in batches),
+        failed=sum(b.totals.failed for b in batches) + sum(r.failed for r in settled),
         skipped_done=first.skipped_done,
         skipped_failed=first.skipped_failed,
         not_run=last.not_run,
         unwritten=sum(b.totals.unwritten for b in batches),
-        spent=round(sum(b.totals.spent for b in batches) + sum(r.charged for r in settled), 6),
+        spent=round(sum(b.totals.spent for b in batches) + charged, 6),
         possibly_billed=round(
             max(0.0, sum(b.totals.possibly_billed for b in batches) - decided * price), 6
         ),

@@ -79,6 +79,7 @@ async def collect_queued(
     counts = {"recovered": 0, "billed": 0, "failed": 0}
     saved = charged = 0.0
     recovered: set[str] = set()
+    by_job: dict[str, float] = {}  # decided ambiguous attempts: their jobs, their cost
     for path in sorted({a.ledger for a in attempts if a.key in results}):
         async with io.writer(path) as writer:
             for attempt in (a for a in attempts if a.ledger == path and a.key in results):
@@ -93,10 +94,14 @@ async def collect_queued(
                         saved += attempt.price or cost
                         charged += cost if attempt.ambiguous else 0.0  # as its line says
                         recovered.add(attempt.job_id)
+                        if attempt.ambiguous:
+                            by_job[attempt.job_id] = by_job.get(attempt.job_id, 0.0) + cost
                     continue  # not fetched: the history step tries its generation_url
+                by_job.setdefault(attempt.job_id, 0.0)
                 if answer.state == "COMPLETED":
                     counts["billed"] += 1
                     charged += cost
+                    by_job[attempt.job_id] += cost
                     await writer.write(queued_line(attempt, "billed", cost))
                 elif done:
                     counts["failed"] += 1
@@ -107,5 +112,5 @@ async def collect_queued(
     return SettleReport(
         recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
         charged=round(charged, 6), failed=counts["failed"], polled=counts["recovered"],
-        recovered_jobs=frozenset(recovered), polls=polls,
+        recovered_jobs=frozenset(recovered), polls=polls, charged_jobs=by_job,
     )  # fmt: skip

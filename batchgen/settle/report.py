@@ -4,7 +4,8 @@ for the user (`settled 7 requests: 5 completed (downloaded, $0.32 not paid twice
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,10 @@ class SettleReport:
     unavailable: str | None = None  # why the history could not be read
     skipped_ledgers: tuple[str, ...] = ()  # locked by a run: left alone
     recovered_jobs: frozenset[str] = frozenset()
+    # each job an ambiguous attempt of which was decided (recovered, billed, not billed,
+    # lost, failed), with what those attempts cost as their lines say: a run counts only
+    # its own attempts' (an earlier run's, settled in this one, were that run's money)
+    charged_jobs: Mapping[str, float] = field(default_factory=dict)
     unknown_jobs: frozenset[str] = frozenset()
     retry_at: float | None = None  # when a new scan could decide an unknown one
     history_calls: int = 0
@@ -47,6 +52,7 @@ class SettleReport:
             unknown=self.unknown + later.unknown, polled=self.polled + later.polled,
             failed=self.failed + later.failed, polls=self.polls + later.polls,
             recovered_jobs=self.recovered_jobs | later.recovered_jobs,
+            charged_jobs=_added(self.charged_jobs, later.charged_jobs),
             unknown_jobs=self.unknown_jobs | later.unknown_jobs,
             history_calls=self.history_calls + later.history_calls,
         )  # fmt: skip
@@ -73,3 +79,10 @@ class SettleReport:
         if self.lost:
             text += f"; {self.lost} billed images could not be fetched (their jobs run again)"
         return text
+
+
+def _added(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    both = dict(a)
+    for job, cost in b.items():
+        both[job] = round(both.get(job, 0.0) + cost, 6)
+    return both

@@ -104,6 +104,7 @@ class Settler:
         saved = charged = 0.0
         recovered: set[str] = set()
         unknown: set[str] = set()
+        by_job: dict[str, float] = {}  # decided ambiguous attempts: their jobs, their cost
         retry_at: float | None = None
         by_ledger: dict[Path, list[Decision]] = {}
         for decision in decisions:
@@ -124,6 +125,8 @@ class Settler:
                             saved += attempt.price or row.cost
                             charged += row.cost if attempt.ambiguous else 0.0  # as its line
                             recovered.add(attempt.job_id)
+                            if attempt.ambiguous:
+                                _charge(by_job, attempt.job_id, row.cost)
                             continue
                         counts["lost"] += 1
                         if not attempt.ambiguous:
@@ -134,12 +137,15 @@ class Settler:
                         counts["not_billed"] += 1
                     line = settled_line(decision)
                     charged += line["cost"] if attempt.ambiguous else 0.0  # else counted
+                    if attempt.ambiguous:
+                        _charge(by_job, attempt.job_id, line["cost"])
                     await writer.write(line)
         return SettleReport(
             recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
             charged=round(charged, 6),
             not_billed=counts["not_billed"], unknown=counts["unknown"], lost=counts["lost"],
             recovered_jobs=frozenset(recovered), unknown_jobs=frozenset(unknown),
+            charged_jobs=by_job,
             retry_at=retry_at, history_calls=self.history.calls,
         )  # fmt: skip
 
@@ -162,3 +168,7 @@ class Settler:
             self.history, self.io, settle, read, targets, base, wait=wait, sleep=sleep,
             clock=monotonic,
         )  # fmt: skip
+
+
+def _charge(by_job: dict[str, float], job_id: str, cost: float) -> None:
+    by_job[job_id] = round(by_job.get(job_id, 0.0) + cost, 6)
