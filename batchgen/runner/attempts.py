@@ -101,10 +101,8 @@ class JobAttempts:
                     if billed == "maybe" and self.options.defer_ambiguous:
                         if self.breaker.given_up:  # the outage outlasted its limit: stop
                             self.request_stop(StopReason.OUTAGE, self._outage_reason())
-                        await recorder.interrupted(job, params, error, billed)  # a 504 may
-                        self.totals.deferred += 1  # have been billed: settle, not resend
-                        self.totals.deferred_jobs.add(job.job_id)
-                        return
+                        await self._defer(job, params, error)  # a 504 may have been
+                        return  # billed: settle, not resend
                     if (
                         billed != "no"
                         and attempt >= self.options.max_attempts
@@ -158,9 +156,7 @@ class JobAttempts:
                 # Sending again might pay twice: the request history says, once its row
                 # shows. The job waits for that verdict after this pass (library.run_async
                 # settles, then runs what was not billed), and the worker goes on.
-                await recorder.interrupted(job, params, error, billed)
-                self.totals.deferred += 1
-                self.totals.deferred_jobs.add(job.job_id)
+                await self._defer(job, params, error)
                 return
             if attempt >= self.options.max_attempts:
                 await recorder.fail(job, params, error, attempt, billed, retryable=True)
@@ -214,6 +210,11 @@ class JobAttempts:
                 )
             return None
         return probe
+
+    async def _defer(self, job: Job, params: dict[str, Any], error: ApiError) -> None:
+        """A maybe-billed attempt, left for the request history to settle after this pass."""
+        await self.recorder.interrupted(job, params, error, "maybe")
+        self.totals.deferred_jobs.add(job.job_id)
 
     def _stopped_while_noting(self) -> bool:
         """While a store's `started` line was being written, the run stopped for a reason

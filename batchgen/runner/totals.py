@@ -16,8 +16,9 @@ class RunTotals:
     skipped_failed: int = 0
     not_run: int = 0  # left for the next run when this one stopped early (set at the end)
     unwritten: int = 0  # paid for, but the image could not be written
-    deferred: int = 0  # maybe billed: left to settle from the request history, not retried
-    deferred_jobs: set[str] = field(default_factory=set)  # ... and whose they were
+    # the jobs whose attempt may have been billed and was left to settle from the request
+    # history, not retried (once a pass at most: the job ends there)
+    deferred_jobs: set[str] = field(default_factory=set)
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0
@@ -25,3 +26,7 @@ class RunTotals:
     failures: Counter[tuple[int | None, str]] = field(default_factory=Counter)  # (status, text)
     remaining_credits: str | None = None
     stopped: Stop | None = None  # why the run stopped early, if it did
+
+    @property
+    def deferred(self) -> int:
+        return len(self.deferred_jobs)

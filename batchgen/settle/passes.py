@@ -212,18 +212,19 @@ def combined(
     # each settlement follows a pass: of what it decided, only the attempts that pass
     # deferred are this run's money (a job held back from an earlier run may be decided
     # in it too: that run's money, as when it is settled before a run)
-    recovered = decided = 0
+    recovered = decided = failed = 0
     charged = 0.0
     for batch, report in zip(batches, settled, strict=False):
         mine = batch.totals.deferred_jobs
         recovered += len(report.recovered_jobs & mine)
+        failed += len(report.failed_jobs & mine)
         ours = [job for job in report.charged_jobs if job in mine]
         decided += len(ours)
         charged += sum(report.charged_jobs[job] for job in ours)
     return RunResult(
         plan, out, ledger_path,
         succeeded=sum(b.totals.succeeded for b in batches) + recovered,
-        failed=sum(b.totals.failed for b in batches) + sum(r.failed for r in settled),
+        failed=sum(b.totals.failed for b in batches) + failed,
         skipped_done=first.skipped_done,
         skipped_failed=first.skipped_failed,
         not_run=last.not_run,

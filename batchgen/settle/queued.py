@@ -18,7 +18,7 @@ from batchgen.pacing import Clock
 from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.lines import failed_line, queued_line
 from batchgen.settle.recover import recover
-from batchgen.settle.report import SettleReport
+from batchgen.settle.report import SettleReport, charge
 from batchgen.settle.targets import Targets, targets_from_manifests
 from batchgen.settle.view import read_view
 
@@ -79,6 +79,7 @@ async def collect_queued(
     counts = {"recovered": 0, "billed": 0, "failed": 0}
     saved = charged = 0.0
     recovered: set[str] = set()
+    failed: set[str] = set()  # failed for good (not the FAILED extra attempts of done jobs)
     by_job: dict[str, float] = {}  # decided ambiguous attempts: their jobs, their cost
     for path in sorted({a.ledger for a in attempts if a.key in results}):
         async with io.writer(path) as writer:
@@ -95,22 +96,23 @@ async def collect_queued(
                         charged += cost if attempt.ambiguous else 0.0  # as its line says
                         recovered.add(attempt.job_id)
                         if attempt.ambiguous:
-                            by_job[attempt.job_id] = by_job.get(attempt.job_id, 0.0) + cost
+                            charge(by_job, attempt.job_id, cost)
                     continue  # not fetched: the history step tries its generation_url
-                by_job.setdefault(attempt.job_id, 0.0)
+                charge(by_job, attempt.job_id, cost if answer.state == "COMPLETED" else 0.0)
                 if answer.state == "COMPLETED":
                     counts["billed"] += 1
                     charged += cost
-                    by_job[attempt.job_id] += cost
                     await writer.write(queued_line(attempt, "billed", cost))
                 elif done:
                     counts["failed"] += 1
                     await writer.write(queued_line(attempt, "no", 0.0))
                 else:
                     counts["failed"] += 1
+                    failed.add(attempt.job_id)
                     await writer.write(failed_line(attempt, answer.error or "FAILED"))
     return SettleReport(
         recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
         charged=round(charged, 6), failed=counts["failed"], polled=counts["recovered"],
         recovered_jobs=frozenset(recovered), polls=polls, charged_jobs=by_job,
+        failed_jobs=frozenset(failed),
     )  # fmt: skip

@@ -27,6 +27,7 @@ class SettleReport:
     # lost, failed), with what those attempts cost as their lines say: a run counts only
     # its own attempts' (an earlier run's, settled in this one, were that run's money)
     charged_jobs: Mapping[str, float] = field(default_factory=dict)
+    failed_jobs: frozenset[str] = frozenset()  # v2 requests FAILED: their jobs failed for good
     unknown_jobs: frozenset[str] = frozenset()
     retry_at: float | None = None  # when a new scan could decide an unknown one
     history_calls: int = 0
@@ -53,6 +54,7 @@ class SettleReport:
             failed=self.failed + later.failed, polls=self.polls + later.polls,
             recovered_jobs=self.recovered_jobs | later.recovered_jobs,
             charged_jobs=_added(self.charged_jobs, later.charged_jobs),
+            failed_jobs=self.failed_jobs | later.failed_jobs,
             unknown_jobs=self.unknown_jobs | later.unknown_jobs,
             history_calls=self.history_calls + later.history_calls,
         )  # fmt: skip
@@ -81,8 +83,13 @@ class SettleReport:
         return text
 
 
+def charge(by_job: dict[str, float], job_id: str, cost: float) -> None:
+    """Add what one decided attempt cost to its job's figure in `charged_jobs`."""
+    by_job[job_id] = round(by_job.get(job_id, 0.0) + cost, 6)
+
+
 def _added(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
     both = dict(a)
     for job, cost in b.items():
-        both[job] = round(both.get(job, 0.0) + cost, 6)
+        charge(both, job, cost)
     return both

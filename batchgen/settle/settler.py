@@ -21,7 +21,7 @@ from batchgen.settle.ledger_io import LedgerIO
 from batchgen.settle.lines import settled_line
 from batchgen.settle.matching import rows_by_job
 from batchgen.settle.recover import recover
-from batchgen.settle.report import SettleReport
+from batchgen.settle.report import SettleReport, charge
 from batchgen.settle.targets import Targets, targets_from_manifests
 from batchgen.settle.view import read_view
 
@@ -126,7 +126,7 @@ class Settler:
                             charged += row.cost if attempt.ambiguous else 0.0  # as its line
                             recovered.add(attempt.job_id)
                             if attempt.ambiguous:
-                                _charge(by_job, attempt.job_id, row.cost)
+                                charge(by_job, attempt.job_id, row.cost)
                             continue
                         counts["lost"] += 1
                         if not attempt.ambiguous:
@@ -138,7 +138,7 @@ class Settler:
                     line = settled_line(decision)
                     charged += line["cost"] if attempt.ambiguous else 0.0  # else counted
                     if attempt.ambiguous:
-                        _charge(by_job, attempt.job_id, line["cost"])
+                        charge(by_job, attempt.job_id, line["cost"])
                     await writer.write(line)
         return SettleReport(
             recovered=counts["recovered"], saved=round(saved, 6), billed=counts["billed"],
@@ -168,7 +168,3 @@ class Settler:
             self.history, self.io, settle, read, targets, base, wait=wait, sleep=sleep,
             clock=monotonic,
         )  # fmt: skip
-
-
-def _charge(by_job: dict[str, float], job_id: str, cost: float) -> None:
-    by_job[job_id] = round(by_job.get(job_id, 0.0) + cost, 6)
