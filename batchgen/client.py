@@ -10,8 +10,9 @@ What it guarantees on the wire:
   `retry.MAX_RESPONSE_BYTES`, its Content-Length honoured, and its end checked
   (`api.image_problem`); anything less after a 200 is a `BadAnswerError`, billed;
 - a request that went out on a kept-alive connection the server had already closed,
-  and failed before any byte of an answer, is told apart (`TransportError.stale`)
-  from one that reached the service and lost its answer (`sent`: possibly billed).
+  and failed within a round trip, before any byte of an answer, is told apart
+  (`TransportError.stale`) from one that reached the service and lost its answer
+  (`sent`: possibly billed).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class _Connector(aiohttp.TCPConnector):
                 attempt = _ATTEMPT.get()
                 if attempt is not None:
                     attempt.reused = True
+                    attempt.reused_at = time.monotonic()
                 return conn
             conn.close()  # the server gave up on it; the next one is checked too
         return conn  # every one looked closed: send anyway, the answer will tell
@@ -117,13 +119,29 @@ def _idle_socket_readable(conn: Connection) -> bool:
 
 class _Attempt:
     """What the connector found for one request: a kept-alive connection used before
-    (`reused`), or a new one. Set through `_ATTEMPT` (a context variable: the connector
-    runs in the sending task), which costs less than aiohttp's tracing signals."""
+    (`reused`, handed out at `reused_at`), or a new one. Set through `_ATTEMPT` (a context
+    variable: the connector runs in the sending task), which costs less than aiohttp's
+    tracing signals."""
 
-    __slots__ = ("reused",)
+    __slots__ = ("reused", "reused_at")
 
     def __init__(self) -> None:
         self.reused = False
+        self.reused_at = 0.0
+
+    def closed_before_sent(self, err: BaseException) -> bool:
+        """The request went out on a kept-alive connection the server had already closed.
+
+        The server's close raced our request: it was on the wire before the request
+        reached the server, so it arrives within one round trip of the send. A
+        connection that dies later, with no byte of answer, had its request read and
+        maybe worked on (a proxy's idle timeout cutting an 11 s generation looks just
+        like this): that one may have been billed, however it failed."""
+        return (
+            self.reused
+            and time.monotonic() - self.reused_at < retry.STALE_WINDOW_S
+            and _dead_before_answer(err)
+        )
 
 
 _ATTEMPT: ContextVar[_Attempt | None] = ContextVar("batchgen_attempt", default=None)
@@ -228,7 +246,7 @@ class Client:
                 reason=_connect_reason(err.os_error),
             ) from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError) as err:
-            if attempt.reused and _dead_before_answer(err):
+            if attempt.closed_before_sent(err):
                 raise TransportError(
                     "the kept-alive connection was already closed by the server "
                     f"({_name(err)}); the request never reached it",

@@ -29,6 +29,9 @@ CONNECT_TIMEOUT_S: Final = 15.0
 MAX_SERVER_WAIT_S: Final = 60.0  # the longest single wait a Retry-After or reset-at may ask
 MAX_RESPONSE_BYTES: Final = 50 * 1024 * 1024  # a 1024x1024 image is ~1 MB; read no further
 MAX_STALE_RESENDS: Final = 3  # free resends per job after a dead kept-alive connection
+# A server's close that crossed our request on the wire arrives within a round trip of the
+# send; a kept-alive connection that dies later had its request read (maybe billed).
+STALE_WINDOW_S: Final = 0.5
 CLOCK_SKEW_S: Final = 2.0  # an answer's Date (whole seconds) further off: trust its clock
 BREAKER_FAILURES: Final = 5  # outage failures in a row (at most --concurrency) open the breaker
 BREAKER_PROBE_FIRST_S: Final = 1.0  # then one probe after this, doubling while it fails ...

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 import batchgen
-from batchgen import api, grid, ledger, manifest
+from batchgen import api, grid, ledger, manifest, retry
 from batchgen.cli import main
 from batchgen.client import Answer
 from batchgen.errors import ApiError, ApiStatusError, TransportError
@@ -366,6 +366,46 @@ async def test_a_request_read_then_dropped_is_possibly_billed(tmp_path: Path) ->
     retry = next(r for r in lines(out) if r["status"] == "retry")
     assert (retry["billed"], retry["http_status"], retry["cost"]) == ("maybe", None, PRICE)
     assert "already closed" not in retry["error"]  # a new connection: it may have run
+
+
+def drops_the_second_request_after(seconds: float) -> Connection:
+    """Keep-alive: answers the first request on a connection, then reads the next one
+    and, `seconds` later, drops the connection without a byte of answer, as a proxy's
+    idle timeout cutting a long generation does. The service may have billed it."""
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen
+    ) -> None:
+        served = 0
+        while (request := await read_request(reader)) is not None:
+            seen.requests += 1
+            seen.keys.append(request.header("x-api-key") or "")
+            served += 1
+            if served == 2:
+                await asyncio.sleep(seconds)
+                return
+            writer.write(response("200 OK", JPEG, "Content-Type: image/jpeg"))
+            await writer.drain()
+            seen.answered += 1
+
+    return handle
+
+
+async def test_a_kept_alive_request_dropped_after_a_while_is_possibly_billed(
+    tmp_path: Path,
+) -> None:
+    """Before, any reused connection that died before an answer was taken for one the
+    server had closed while idle, and sent again for free: paid twice if it had run."""
+    m = make_project(tmp_path, images=2, prompts=1, seeds=1)
+    out = tmp_path / "out"
+    handler = drops_the_second_request_after(retry.STALE_WINDOW_S + 0.5)
+    async with raw_server(handler) as (api_base, seen):
+        result = await run_against(api_base, m, out, sleep=FakeSleep(), concurrency=1)
+    assert result.succeeded == 2 and seen.requests == 3
+    assert result.possibly_billed == pytest.approx(PRICE)
+    retry_line = next(r for r in lines(out) if r["status"] == "retry")
+    assert (retry_line["billed"], retry_line["cost"]) == ("maybe", PRICE)
+    assert "already closed" not in retry_line["error"]
 
 
 # -- 5. a bad API base is a usage error -----------------------------------------------
