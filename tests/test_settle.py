@@ -477,6 +477,9 @@ def test_two_scans_merge_their_unknown_as_the_last_two_steps_add_them() -> None:
     assert scanned == replace(added, unknown=1, unknown_jobs=frozenset({"b"}))
     assert (added.recovered, added.not_billed, added.history_calls, added.polls) == (1, 1, 2, 3)
     assert added.recovered_jobs == {"c"} and added.retry_at == 9.0
+    # a scan that could not read the history looked at none of them: still unknown
+    blind = merged(first, settle.SettleReport(unavailable="HTTP 503"))
+    assert (blind.unknown, blind.unknown_jobs, blind.unavailable) == (2, {"a", "b"}, "HTTP 503")
 
 
 def test_output_paths_come_from_a_manifest_only_while_it_is_there_unchanged(
@@ -569,3 +572,58 @@ async def test_an_earlier_runs_attempt_settled_in_run_does_not_hide_this_runs_ma
         result.settlement,
         result.requests,
     )  # today: 0
+
+
+async def test_a_history_that_goes_down_mid_run_sends_nothing_blindly(tmp_path: Path) -> None:
+    """Job 0 was billed by a killed run, too recently for the history to say: held back.
+    Job 1's answer is lost to a billed 504: deferred. Then the history stops answering.
+    Before, the next pass sent both again blindly (each paid twice): the unreadable
+    scan's empty unknown list replaced the held-back one, and deferral was turned off.
+    Now both wait for the next run, which asks the history first; this one exits 3."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    m = make_project(tmp_path, images=1, prompts=1, seeds=3)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    down = [False]
+    async with emulated(history_lag=3600, billed_504_share=1.0) as served:
+
+        async def proxy(request: web.Request) -> web.Response:
+            if down[0]:
+                return web.Response(status=503, text="history down")
+            url = served.history_base + request.path_qs
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    url, headers={"x-api-key": request.headers.get("x-api-key", "")}
+                ) as answer,
+            ):
+                body = await answer.read()
+                return web.Response(status=answer.status, body=body,
+                                    content_type=answer.content_type)  # fmt: skip
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", proxy)
+        history = TestServer(app, host="127.0.0.1")
+        await history.start_server()
+        try:
+            _, body = a_crash(out, m, job_index=0)
+            assert await send(served, body) == 200  # billed; the killed run never heard
+            served.app[STATE].script.append(504)  # the run's first request: lost, billed
+
+            def history_goes_down(event: batchgen.Event) -> None:
+                if isinstance(event, batchgen.JobStarted):
+                    down[0] = True  # after the settlement before the run held job 0
+
+            result = await run(
+                m, served, out, history_base=str(history.make_url("")).rstrip("/"),
+                history_lag=600, concurrency=1, sleep=FakeSleep(), on_event=history_goes_down,
+            )  # fmt: skip
+        finally:
+            await history.close()
+    assert charged(served, fingerprints) == Counter({1: 3})  # nothing paid twice
+    assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.UNSETTLED
+    assert (result.succeeded, result.held_back, result.not_run) == (1, 1, 1), result
+    assert "lost their answers" in result.stopped.message
+    assert result.possibly_billed == pytest.approx(api.PRICE_USD)  # job 1's; job 0's is run 1's

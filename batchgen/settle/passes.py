@@ -88,8 +88,7 @@ async def until_decided(
         report = await scan()
         total = report if total is None else merged(total, report)
         if report.unavailable is not None:
-            log.warning("batchgen: %s; going on without it (requests whose answers were "
-                        "lost may be paid again)", report.unavailable)  # fmt: skip
+            log.warning("batchgen: %s; going on without it", report.unavailable)
             break
         if not report.unknown or report.retry_at is None:
             break
@@ -107,7 +106,10 @@ def merged(a: SettleReport, b: SettleReport) -> SettleReport:
     """Two scans as one (`SettleReport.then`), except that what is still unknown is the
     last scan's alone: a scan looks again at every attempt still unsettled, so an
     attempt unknown in `a` is in `b` again, decided or still unknown, and adding would
-    count it twice (and hold back a job `b` decided)."""
+    count it twice (and hold back a job `b` decided). Unless `b` could not read the
+    history: then it looked at none of them, and what `a` left unknown still is."""
+    if b.unavailable is not None:
+        return replace(a.then(b), unknown=max(a.unknown, b.unknown))
     return replace(a.then(b), unknown=b.unknown, unknown_jobs=b.unknown_jobs)
 
 
@@ -155,7 +157,9 @@ async def run_passes(
     whether they were billed); when a pass deferred some, `settle_pass` asks the
     history (billed: downloaded; not billed: `replan`, then the next pass sends them).
     What the last of SETTLE_ROUNDS passes defers waits for the next run, which settles
-    it first: a lost answer is never sent again blindly while the history can tell."""
+    it first: a lost answer is never sent again blindly while the history can tell. So
+    does what a pass deferred when the history then could not be read: it may only be
+    down for a while, and the next run asks it first."""
     batches: list[BatchResult] = []
     in_run: list[SettleReport] = []
     while True:
@@ -168,16 +172,19 @@ async def run_passes(
         report = await settle_pass()
         in_run.append(report)
         settled = report if settled is None else merged(settled, report)
-        defer = report.unavailable is None
+        if report.unavailable is not None:
+            return Passes(batches, in_run, settled, settled.unknown_jobs)
+        defer = True
         await replan()
 
 
 def left_for_next_run(result: RunResult) -> RunResult:
     """A run that ran to its end but left jobs behind for safety is not a finished one:
     jobs held back (an earlier request of theirs may still be billed, and the history
-    has no final word yet) and jobs whose answers were lost in the last pass (deferred:
-    sending them again might pay twice). It says so as a stop (exit 3, resumable: the
-    next run settles them first), so `stopped is None` keeps meaning every job ran."""
+    has no final word yet) and jobs whose answers were lost in the last pass, or before
+    the history became unreadable (deferred: sending them again might pay twice). It
+    says so as a stop (exit 3, resumable: the next run settles them first), so
+    `stopped is None` keeps meaning every job ran."""
     if result.stopped is not None or not (result.held_back or result.not_run):
         return result
     parts = []
@@ -185,8 +192,9 @@ def left_for_next_run(result: RunResult) -> RunResult:
         parts.append(f"{result.held_back:,} held back: an earlier request of theirs may "
                      "still be billed and the request history has no final word yet")  # fmt: skip
     if result.not_run:
-        parts.append(f"{result.not_run:,} lost their answers in the last of "
-                     f"{SETTLE_ROUNDS} passes: sending them again might pay twice")  # fmt: skip
+        parts.append(f"{result.not_run:,} lost their answers and the request history has "
+                     "not said whether they were billed: sending them again might pay "
+                     "twice")  # fmt: skip
     jobs = result.held_back + result.not_run
     message = (f"{jobs:,} job{'s' if jobs != 1 else ''} left for the next run to settle "
                f"first ({'; '.join(parts)})")  # fmt: skip
@@ -214,6 +222,10 @@ def combined(
     # in it too: that run's money, as when it is settled before a run)
     recovered = decided = failed = 0
     charged = 0.0
+    not_run = last.not_run
+    if len(settled) == len(batches):  # the history became unreadable after the last pass
+        after = settled[-1]  # but its v2 polls may have decided some of what it deferred
+        not_run -= len((after.recovered_jobs | after.failed_jobs) & last.deferred_jobs)
     for batch, report in zip(batches, settled, strict=False):
         mine = batch.totals.deferred_jobs
         recovered += len(report.recovered_jobs & mine)
@@ -227,7 +239,7 @@ def combined(
         failed=sum(b.totals.failed for b in batches) + failed,
         skipped_done=first.skipped_done,
         skipped_failed=first.skipped_failed,
-        not_run=last.not_run,
+        not_run=not_run,
         unwritten=sum(b.totals.unwritten for b in batches),
         spent=round(sum(b.totals.spent for b in batches) + charged, 6),
         possibly_billed=round(
