@@ -214,7 +214,11 @@ class Client:
                 raise await self._refusal(response)
             headers = {name: response.headers[name] for name in api.RESPONSE_HEADERS
                        if name in response.headers}  # fmt: skip
-            payload = await _read_image(response)
+            try:
+                payload = await _read_image(response)
+            except BadAnswerError as err:
+                err.request_id = headers.get("x-request-id")
+                raise
         return Answer(payload, _kind(payload), headers, cost=charged(headers.get("x-cost")))
 
     async def _send(

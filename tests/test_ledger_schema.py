@@ -63,6 +63,14 @@ def every_job_line() -> list[dict[str, Any]]:
         schema.interrupted(JOB, error="not sent: the run stopped"),
         schema.interrupted(JOB, error="Unauthorized", http_status=401, billed="no", params=PARAMS),
         schema.unwritten(success, "p0/fox.jpg: No space left on device"),
+        schema.cut_short(
+            JOB,
+            error="the image was cut off after 545 bytes",
+            attempts=1,
+            cost=0.063,
+            params=PARAMS,
+            request_id="r-1",
+        ),
         schema.settled(
             JOB,
             billed="billed",

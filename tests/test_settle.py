@@ -627,3 +627,56 @@ async def test_a_history_that_goes_down_mid_run_sends_nothing_blindly(tmp_path: 
     assert (result.succeeded, result.held_back, result.not_run) == (1, 1, 1), result
     assert "lost their answers" in result.stopped.message
     assert result.possibly_billed == pytest.approx(api.PRICE_USD)  # job 1's; job 0's is run 1's
+
+
+async def test_a_200_cut_off_on_the_way_is_downloaded_not_paid_again(tmp_path: Path) -> None:
+    """Every 200 is cut off halfway (billed: the image was made, its bytes lost on the
+    way). Before, each job was sent again up to --max-attempts, paying each time (6
+    charges, then failed). Now the answer's request id finds the image in the request
+    history, whose row shows a second late: the run waits for it and downloads it."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated(fault_cut=1.0, history_lag=1.0) as served:
+        result = await run(m, served, out, concurrency=1, history_lag=3.0)
+        spent = served.stats.spent
+    assert charged(served, fingerprints) == Counter({1: 2})  # each paid once
+    assert (result.succeeded, result.failed, result.stopped) == (2, 0, None), result
+    assert result.spent == pytest.approx(spent) and result.possibly_billed == 0
+    assert done_jobs(out) == set(fingerprints)
+    records = lines(out)
+    cut = [r for r in records if r["status"] == "unwritten"]
+    assert len(cut) == 2 and all(r["billed"] == "billed" and r["request_id"] for r in cut)
+    for done in (r for r in records if r["status"] == "succeeded"):
+        assert done["recovered"] is True and done["cost"] == 0  # paid once, in its cut line
+        assert api.image_problem((out / done["output"]).read_bytes()) is None
+    assert batchgen.report(out).spent == pytest.approx(spent)
+
+
+async def test_without_settlement_a_cut_off_200_is_paid_again(tmp_path: Path) -> None:
+    """--no-reconcile: what the history could give is not asked for; the job is sent again,
+    within --max-attempts, each cut answer counted spent (the money stays right)."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    async with emulated(fault_cut=1.0) as served:
+        result = await run(m, served, tmp_path / "out", max_attempts=2, reconcile=False,
+                           sleep=FakeSleep())  # fmt: skip
+        spent = served.stats.spent
+    assert charged(served, fingerprints) == Counter({2: 1})
+    assert result.failed == 1 and result.spent == pytest.approx(spent)
+
+
+def test_an_unwritten_attempt_waits_for_its_row_within_the_lag(tmp_path: Path) -> None:
+    """Paid, its image cut off or not written: while its row may yet show, the attempt is
+    unknown (held back, never paid again); once the row shows, its image is fetched; after
+    the lag with no row, nothing can be had and the job runs again."""
+    cut = ledger.Attempt(tmp_path / "l.jsonl", "ab" * 16, "2026-01-01T00:00:00.000Z", 1,
+                         1000.0, {}, billed="billed", status="unwritten", ended_at=1000.0,
+                         request_id="r1")  # fmt: skip
+    (waiting,) = settle.decide([cut], [], now=1010.0, lag=30.0)
+    assert waiting.verdict is settle.Verdict.UNKNOWN
+    row = Row("r1", "COMPLETED", 0.063, {}, "http://127.0.0.1/o/r1.jpg", 1000.0)
+    (found,) = settle.decide([cut], [], now=1010.0, lag=30.0, by_id={"r1": row})
+    assert (found.verdict, found.recover) == (settle.Verdict.BILLED, True)
+    assert settle.decide([cut], [], now=1031.0, lag=30.0) == []
+    assert settle.decide([cut], [], now=1010.0, lag=30.0, done=True) == []

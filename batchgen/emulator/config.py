@@ -45,6 +45,8 @@ class EmulatorConfig:
     for the next requests that reach upstream (200 there means "no scripted fault"); a v2
     submission takes the next scripted status too. `fault_request_id`: 5xx answers carry the
     `x-request-id` of their history row (False: the client must find the row by its body).
+    `fault_cut`: that share of 200s is cut off halfway through the image, the connection
+    dropped (billed: the image was made, only its bytes were lost on the way).
 
     v2 faults: `v2_submit_504_share` of submissions are queued (they will complete and bill) but
     answered 504; `v2_fail` of queued requests end FAILED (422, not billed).
@@ -72,6 +74,7 @@ class EmulatorConfig:
     fault_504: float = 0.0
     billed_504_share: float = 0.5
     fault_request_id: bool = True
+    fault_cut: float = 0.0
     script: Sequence[int] = ()
     v2_submit_504_share: float = 0.0
     v2_fail: float = 0.0
@@ -111,6 +114,7 @@ def _config_problems(config: EmulatorConfig) -> list[str]:
         )
         and sum(faults) <= 1,
         "billed_504_share must be in 0..1": 0 <= config.billed_504_share <= 1,
+        "fault_cut must be in 0..1": 0 <= config.fault_cut <= 1,
         f"script statuses must be among {sorted(SCRIPTABLE)}": set(config.script) <= SCRIPTABLE,
         "v2_submit_504_share must be in 0..1": 0 <= config.v2_submit_504_share <= 1,
         "v2_fail must be in 0..1": 0 <= config.v2_fail <= 1,

@@ -130,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"probability of a v1 {status} (default %(default)s)",
         )
     add(
+        "--fail-cut",
+        type=fraction,
+        default=0.0,
+        help="share of 200s cut off halfway, the connection dropped; billed (default %(default)s)",
+    )
+    add(
         "--billed-504-share",
         type=fraction,
         default=0.5,
@@ -212,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         fault_500=args.fail_500,
         fault_502=args.fail_502,
         fault_504=args.fail_504,
+        fault_cut=args.fail_cut,
         billed_504_share=args.billed_504_share,
         fault_request_id=args.fault_request_id,
         v2_submit_504_share=args.v2_submit_504_share,

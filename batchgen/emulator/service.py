@@ -12,7 +12,8 @@ What a v1 request meets, in order:
       406  balance below the price               {"error": "Insufficient credits"}
       ---  upstream: the next scripted status, else a seeded 500/502/504 fault draw
       5xx  after the simulated latency; a billed_504_share of 504s made the image and are billed
-      200  the image (JPEG unless output_format="png"), billed; headers x-cost, x-request-id,
+      200  the image (JPEG unless output_format="png"), billed (a fault_cut share of them cut
+           off halfway, the connection dropped: billed all the same); headers x-cost, x-request-id,
            x-generation-time, x-seed-value, x-remaining-credits (when credits are set) and
            x-rate-limit-reset-at-utc (when rate-limited: when the bucket is full again)
 
@@ -101,7 +102,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
             raise state.throttled(1.0)
         try:
             body, source = await read_body(request, state)
-            return await _run_upstream(state, model, body, source)
+            return await _run_upstream(request, state, model, body, source)
         finally:
             state.slots.give_back()
     except Refusal as refusal:
@@ -109,8 +110,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
 
 
 async def _run_upstream(
-    state: State, model: str, body: dict[str, Any], source: bytes | str
-) -> web.Response:
+    request: web.Request, state: State, model: str, body: dict[str, Any], source: bytes | str
+) -> web.StreamResponse:
     """Credits, then the scripted or drawn outcome, then (when the model made the image) the
     picture and the bill; a billed 504 makes and bills the image and loses the answer."""
     stats, config = state.stats, state.config
@@ -151,7 +152,23 @@ async def _run_upstream(
     record.complete(state.now(), config.price, stats.credits_left)
     if upstream.status == 504:
         raise _refused(504, record if config.fault_request_id else None)
-    return _image_response(state, record, image, elapsed)
+    answer = _image_response(state, record, image, elapsed)
+    if upstream.cut:
+        return await _cut_off(request, answer)
+    return answer
+
+
+async def _cut_off(request: web.Request, answer: web.Response) -> web.StreamResponse:
+    """`answer`'s status line and headers, its Content-Length whole, and half its body;
+    then the connection is dropped, as a network that fails mid-answer does."""
+    body = bytes(answer.body) if isinstance(answer.body, bytes | bytearray) else b""
+    cut = web.StreamResponse(status=200, headers=answer.headers)
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return cut
 
 
 def _refused(status: int, record: Record | None = None) -> Refusal:

@@ -46,6 +46,7 @@ class Upstream:
     status: int
     billed: bool  # a 504 whose image was made and billed: only the answer was lost
     delay: float
+    cut: bool = False  # a 200 whose image is cut off halfway: billed, its bytes lost
 
 
 class State:
@@ -73,7 +74,9 @@ class State:
         if status == 200:
             status = self._draw_fault()
         billed = status == 504 and self.rng.random() < self.config.billed_504_share
-        return Upstream(status, billed, self.draw_latency())
+        share = self.config.fault_cut  # drawn only when set: other seeded draws stay as they were
+        cut = status == 200 and share > 0 and self.rng.random() < share
+        return Upstream(status, billed, self.draw_latency(), cut)
 
     def draw_submit(self) -> tuple[int, float, bool]:
         """A v2 submission's (answer, latency, fails): 200; 504 (queued all the same); or the

@@ -18,7 +18,8 @@ slower to read.
 - `succeeded`   written only after the output file is in place
 - `failed`      with `error`, `http_status`, `retryable`, `attempts`, `billed`
 - `interrupted` the run stopped around this job: not its failure, the next run does it
-- `unwritten`   paid for (`billed: billed`, `cost`, `request_id`), but not written
+- `unwritten`   paid for (`billed: billed`, `cost`, `request_id`), but not written: the
+                file could not be, or the answer's image was cut off on the way
 - `run_end`     a run ended (why, and its totals)
 - `settled`     an ambiguous attempt settled from the request history (`billed`, `cost`,
                 `request_id`, and `settles` naming the attempt: its `started` ts and number).
@@ -188,6 +189,15 @@ def unwritten(line: Mapping[str, Any], error: str) -> Record:
     headers = line.get("headers") or {}
     return {**line, "status": "unwritten", "billed": "billed", "error": error,
             "request_id": headers.get("x-request-id")}  # fmt: skip
+
+
+def cut_short(job_id: str, *, error: str, attempts: int, cost: float,
+              params: Mapping[str, Any], request_id: str) -> Record:  # fmt: skip
+    """A 200 whose image was cut off on the way: paid for, not on disk, as `unwritten`
+    says, with the service's id, so settlement downloads it instead of paying again."""
+    return {"job_id": job_id, "status": "unwritten", "billed": "billed", "error": error,
+            "request_id": request_id, "cost": cost, "attempts": attempts,
+            "params": params}  # fmt: skip
 
 
 def settled(job_id: str, *, billed: Billed, cost: float, request_id: str | None,

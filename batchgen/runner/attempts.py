@@ -17,7 +17,7 @@ from typing import Any
 from batchgen import api, events, retry
 from batchgen.breaker import Breaker
 from batchgen.client import Client
-from batchgen.errors import ApiError, ApiStatusError
+from batchgen.errors import ApiError, ApiStatusError, BadAnswerError
 from batchgen.grid import Job, describe
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.ledger import schema
@@ -152,6 +152,16 @@ class JobAttempts:
                 await recorder.fail(job, params, error, attempt, billed, retryable=True)
                 return
             # RETRY, or RESEND past its allowance: an ordinary connection failure now
+            if (
+                isinstance(error, BadAnswerError)
+                and error.request_id is not None
+                and self.options.defer_ambiguous
+            ):
+                # A 200 cut off on the way: paid, and the history has the image by its
+                # id. Downloaded after this pass, not paid for again.
+                await recorder.cut_short(job, params, error, attempt, error.request_id)
+                self.totals.deferred_jobs.add(job.job_id)
+                return
             if billed == "maybe" and self.options.defer_ambiguous:
                 # Sending again might pay twice: the request history says, once its row
                 # shows. The job waits for that verdict after this pass (library.run_async

@@ -171,6 +171,17 @@ class Recorder:
         )  # fmt: skip
         self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
 
+    async def cut_short(
+        self, job: Job, params: dict[str, Any], error: ApiError, attempt: int, request_id: str
+    ) -> None:
+        """A 200 whose image was cut off on the way: paid, left for settlement to
+        download by its request id (not counted unwritten: nothing failed on our side)."""
+        _, message = describe_error(error)
+        await self.record(
+            schema.cut_short(job.job_id, error=message, attempts=attempt, cost=self.price,
+                             params=params, request_id=request_id)
+        )  # fmt: skip
+
     async def interrupted(
         self, job: Job, params: dict[str, Any], error: ApiError, billed: Billed
     ) -> None:

@@ -6,7 +6,8 @@ is NOT_BILLED once no PENDING row is left and its lag (`history_lag`, default 30
 its outcome line, else from its `started` line) has passed; until then it is UNKNOWN and
 the next scan decides. Only rows created at or after the earliest unsettled attempt's
 start, less `CLOCK_SLACK_S`, count. An attempt whose v2 request id is known is decided by
-its own row; an `unwritten` one (paid, its image lost on our side) is found by its id. A
+its own row; an `unwritten` one (paid, its image lost on our side or cut off on the way) is
+found by its id, and is UNKNOWN while its row may yet show (within the lag). A
 billed attempt of a job not done is to be recovered (`Decision.recover`): its image
 downloaded instead of paid again.
 """
@@ -99,6 +100,14 @@ def decide(
         row = (by_id or {}).get(attempt.request_id or "")
         if row is not None and row.status == "COMPLETED" and row.generation_url:
             return [*decisions, Decision(attempt, Verdict.BILLED, row, True)]
+    for attempt in unwritten:  # its row may not show yet: wait for it, never pay again
+        row = (by_id or {}).get(attempt.request_id or "")
+        if (
+            attempt.request_id
+            and (row is None or row.status == "PENDING")
+            and (now < attempt.deadline(lag))
+        ):
+            decisions.append(Decision(attempt, Verdict.UNKNOWN))
     return decisions
 
 
