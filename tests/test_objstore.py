@@ -416,6 +416,31 @@ async def test_billed_504s_into_a_store_are_fetched_within_the_run_not_paid_agai
     assert summary.spent == pytest.approx(spent) and summary.possibly_billed == 0
 
 
+async def test_a_200_cut_off_on_the_way_into_a_store_is_fetched_not_paid_again(
+    tmp_path: Path, s3_endpoint: str, bucket: str
+) -> None:
+    """Every answer cut off halfway (billed): each job's image is fetched by its request
+    id between the passes and PUT, as on disk; none is paid twice."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=3)
+    fingerprints = job_fingerprints(m)
+    url = f"s3://{bucket}/cut"
+    async with emulated(fault_cut=1.0) as served:
+        result = await run(m, served, url, concurrency=2, sleep=FakeSleep())
+        charges = served.stats.as_json()["charges"]
+        spent = served.stats.spent
+    assert {job: charges.get(fp, 0) for job, fp in fingerprints.items()} == dict.fromkeys(
+        fingerprints, 1
+    )
+    assert (result.succeeded, result.stopped) == (3, None)
+    lines = ledger_lines(s3_endpoint, bucket, "cut")
+    recovered = [r for r in lines if r.get("recovered")]
+    stored = objects(s3_endpoint, bucket, "cut/")
+    assert len(recovered) == 3
+    assert all(len(stored[f"cut/{r['output']}"]) == r["bytes"] for r in recovered)
+    assert result.spent == pytest.approx(spent) and result.possibly_billed == 0
+    assert batchgen.report(url).spent == pytest.approx(spent)
+
+
 async def test_a_lost_answer_the_history_cannot_tell_yet_is_held_back_not_resent(
     tmp_path: Path, bucket: str
 ) -> None:
