@@ -1,7 +1,7 @@
-"""Settlement: a night with 15% of answers lost after billing, with and without it.
+"""Settlement: a night with 20% of answers lost after billing, with and without it.
 
 The same manifest, the same seeded emulator faults (a 504 after the work was done and
-billed, on 15% of requests), run twice side by side: once with settlement from the
+billed, on 15% of requests; a 200 cut off halfway, on 5% of the rest), run twice side by side: once with settlement from the
 request history (the default), once with `reconcile=False` (what every batch client
 does: send again). Printed: images paid twice, history calls per ambiguous request
 (target <= 1, amortised), and whether the report's money equals the emulator's.
@@ -32,20 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     images, prompts = 10, 4
     seeds = max(1, args.jobs // (images * prompts))
-    print(f"bench_settlement: {images * prompts * seeds} jobs, 15% billed 504s, latency 0.2 s; "
-          f"{machine()}")  # fmt: skip
+    print(f"bench_settlement: {images * prompts * seeds} jobs, 15% billed 504s, 5% of 200s cut "
+          f"off, latency 0.2 s; {machine()}")  # fmt: skip
     rows = {}
     with tempfile.TemporaryDirectory(dir=scratch()) as tmp:
         m = write_manifest(Path(tmp), images=images, prompts=prompts, seeds=seeds)
         fingerprints = job_fingerprints(m)
         for reconcile in (True, False):
-            faults = ("--fail-504", "0.15", "--billed-504-share", "1", "--seed", "7")
+            faults = ("--fail-504", "0.15", "--billed-504-share", "1", "--fail-cut", "0.05",
+                      "--seed", "7")  # fmt: skip
             with emulator("--latency", "0.2", "--image-scale", "0.05", *faults) as emu:
                 out = Path(tmp) / f"out-{reconcile}"
                 result = asyncio.run(night(m, out, emu.url, reconcile=reconcile))
                 stats = emu.stats()
             charges = Counter(stats["charges"].get(fp, 0) for fp in fingerprints.values())
-            lost = stats["by_status"].get("504", 0)
+            lost = stats["by_status"].get("504", 0) + stats["cut"]
             report = batchgen.report(out)
             rows[reconcile] = {
                 "lost": lost,

@@ -28,6 +28,7 @@ class EmulatorStats:
     credits: float | None = None  # the starting balance; None = unlimited
     requests_total: int = 0  # v1 generation answers, by status below
     by_status: dict[int, int] = field(default_factory=dict)
+    cut: int = 0  # of the 200s, those cut off halfway (fault_cut): billed, bytes lost
     charges: dict[str, int] = field(default_factory=dict)
     billed_total: int = 0
     in_flight: int = 0
@@ -84,6 +85,7 @@ class EmulatorStats:
         return {
             "requests_total": self.requests_total,
             "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
+            "cut": self.cut,
             "charges": dict(self.charges),
             "billed_total": self.billed_total,
             "spent": self.spent,

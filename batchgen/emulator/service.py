@@ -154,6 +154,7 @@ async def _run_upstream(
         raise _refused(504, record if config.fault_request_id else None)
     answer = _image_response(state, record, image, elapsed)
     if upstream.cut:
+        stats.cut += 1
         return await _cut_off(request, answer)
     return answer
 
