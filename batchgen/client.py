@@ -218,6 +218,7 @@ class Client:
                 payload = await _read_image(response)
             except BadAnswerError as err:
                 err.request_id = headers.get("x-request-id")
+                err.cost = charged(headers.get("x-cost"))
                 raise
         return Answer(payload, _kind(payload), headers, cost=charged(headers.get("x-cost")))
 

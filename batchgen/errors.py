@@ -125,10 +125,11 @@ class AnswerProblem(enum.Enum):
 class BadAnswerError(ApiStatusError):
     """A 200 whose body is not a whole image. The service billed it all the same.
     `request_id`: the answer's `x-request-id`, by which the request history has the
-    image a cut-off body lost."""
+    image a cut-off body lost; `cost`: what its `x-cost` says was charged."""
 
     problem: AnswerProblem
     request_id: str | None = None
+    cost: float | None = None
 
     def __init__(self, problem: AnswerProblem, message: str) -> None:
         super().__init__(200, message)

@@ -680,3 +680,46 @@ def test_an_unwritten_attempt_waits_for_its_row_within_the_lag(tmp_path: Path) -
     assert (found.verdict, found.recover) == (settle.Verdict.BILLED, True)
     assert settle.decide([cut], [], now=1031.0, lag=30.0) == []
     assert settle.decide([cut], [], now=1010.0, lag=30.0, done=True) == []
+
+
+@pytest.mark.parametrize("reconcile", [True, False], ids=["settled", "no-reconcile"])
+async def test_a_cut_200_counts_what_the_service_charged(tmp_path: Path, reconcile: bool) -> None:
+    """The service charges $0.08 (its x-cost and its history row say so), the manifest
+    $0.063. A whole 200 is counted at its x-cost; before, a cut one was counted at the
+    manifest's price, in the run's money and in the report alike."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    out = tmp_path / "out"
+    async with emulated(fault_cut=1.0, price=0.08) as served:
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(), max_attempts=2,
+                           reconcile=reconcile)  # fmt: skip
+        spent = served.stats.spent
+    assert spent == pytest.approx((2 if reconcile else 4) * 0.08)
+    assert result.spent == pytest.approx(spent)
+    assert batchgen.report(out).spent == pytest.approx(spent)
+
+
+async def test_when_a_cut_answers_image_is_gone_a_later_ones_is_fetched(tmp_path: Path) -> None:
+    """Job A's first answer is cut off and its output expires before it can be fetched;
+    its second is cut off too, but its output is there. Before, settlement only ever
+    offered A's first `unwritten` attempt, which could never be fetched: A was paid
+    again in every pass (3 charges) and the run stopped UNSETTLED."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated(fault_cut=1.0) as served:
+        state = served.app[STATE]
+        expired: list[str] = []
+
+        def expire_the_first_answer(event: batchgen.Event) -> None:
+            # when the second request starts, the first's output is gone (as after its TTL)
+            if isinstance(event, batchgen.JobStarted) and not expired and len(state.records) == 1:
+                (record,) = list(state.records.oldest_first())
+                record.finished_at = time.time() - 8 * 86400
+                expired.append(record.request_id)
+
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(),
+                           on_event=expire_the_first_answer)  # fmt: skip
+        counts = sorted(served.stats.charges.get(fp, 0) for fp in fingerprints.values())
+    assert expired and counts == [1, 2]  # A's first image was lost: paid twice, no more
+    assert (result.succeeded, result.stopped) == (2, None), result.stopped
+    assert done_jobs(out) == set(fingerprints)

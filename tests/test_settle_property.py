@@ -68,6 +68,7 @@ def settle_pass(path: Path, service: Service, now: float, book: Ledger) -> set[s
     rows = service.visible(now)
     by_id = {row.request_id: row for row in rows}
     unknown: set[str] = set()
+    recovered: set[str] = set()  # as Settler._apply: the first image fetched, the rest settled
     for job, attempts in view.attempts.items():
         wanted = settle.params_keys(params_of(job))
         mine = [r for r in rows if r.request_id not in view.claimed
@@ -78,9 +79,10 @@ def settle_pass(path: Path, service: Service, now: float, book: Ledger) -> set[s
                                       settled=view.settled, by_id=by_id):  # fmt: skip
             if decision.verdict is settle.Verdict.UNKNOWN:
                 unknown.add(job)
-            elif decision.recover and decision.row is not None:
+            elif decision.recover and decision.row is not None and job not in recovered:
                 line = settle.recovered_line(decision.attempt, decision.row, f"{job}.jpg", b"x")
                 book.append(now, line)
+                recovered.add(job)
             else:
                 book.append(now, settle.settled_line(decision))
     return unknown

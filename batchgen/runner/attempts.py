@@ -268,7 +268,7 @@ class JobAttempts:
             if billed == "maybe":
                 self.totals.possibly_billed += self.price
             elif billed == "billed":
-                self.totals.spent += self.price
+                self.totals.spent += self.recorder.cost(billed, error)
             return error, billed, sent_at
         except asyncio.CancelledError:  # a second signal cut it: it may have been billed
             self.totals.possibly_billed += self.price

@@ -19,7 +19,7 @@ from typing import Any
 
 from batchgen import api, events, images, metadata, outputs
 from batchgen.client import Answer
-from batchgen.errors import ApiError, LedgerError
+from batchgen.errors import ApiError, BadAnswerError, LedgerError
 from batchgen.grid import Job
 from batchgen.ledger import WriteFailure, schema
 from batchgen.ledger.schema import Billed
@@ -70,7 +70,10 @@ class Recorder:
         """Wait for every image handed to the ledger to be on disk and counted."""
         await self.ledger.drain()
 
-    def cost(self, billed: Billed) -> float:
+    def cost(self, billed: Billed, error: ApiError | None = None) -> float:
+        """What an attempt cost: a billed 200 what its `x-cost` said, else the price."""
+        if billed == "billed" and isinstance(error, BadAnswerError) and error.cost is not None:
+            return error.cost
         return self.price if billed in ("maybe", "billed") else 0.0
 
     async def submitted(self, job_id: str, attempt: int, request_id: str) -> None:
@@ -146,7 +149,7 @@ class Recorder:
         breaker's)."""
         status, message = describe_error(error)
         await self.note(schema.retry(job.job_id, attempt=attempt, http_status=status,
-                                     error=message, billed=billed, cost=self.cost(billed),
+                                     error=message, billed=billed, cost=self.cost(billed, error),
                                      delay=delay, outage=outage))  # fmt: skip
         if delay is not None and status != 429:
             self.emit(events.JobRetrying(job.job_id, attempt, delay, message))
@@ -166,7 +169,7 @@ class Recorder:
         self.totals.failures[(status, message)] += 1
         await self.record(
             schema.failed(job.job_id, error=message, http_status=status, retryable=retryable,
-                          attempts=attempts, billed=billed, cost=self.cost(billed),
+                          attempts=attempts, billed=billed, cost=self.cost(billed, error),
                           params=params)
         )  # fmt: skip
         self.emit(events.JobFinished(job.job_id, False, 0.0, error=message))
@@ -178,7 +181,8 @@ class Recorder:
         download by its request id (not counted unwritten: nothing failed on our side)."""
         _, message = describe_error(error)
         await self.record(
-            schema.cut_short(job.job_id, error=message, attempts=attempt, cost=self.price,
+            schema.cut_short(job.job_id, error=message, attempts=attempt,
+                             cost=self.cost("billed", error),
                              params=params, request_id=request_id)
         )  # fmt: skip
 
@@ -189,7 +193,7 @@ class Recorder:
         status, message = describe_error(error)
         await self.record(
             schema.interrupted(job.job_id, http_status=status, error=message, billed=billed,
-                               cost=self.cost(billed), params=params)
+                               cost=self.cost(billed, error), params=params)
         )  # fmt: skip
 
 

@@ -7,9 +7,10 @@ its outcome line, else from its `started` line) has passed; until then it is UNK
 the next scan decides. Only rows created at or after the earliest unsettled attempt's
 start, less `CLOCK_SLACK_S`, count. An attempt whose v2 request id is known is decided by
 its own row; an `unwritten` one (paid, its image lost on our side or cut off on the way) is
-found by its id, and is UNKNOWN while its row may yet show (within the lag). A
-billed attempt of a job not done is to be recovered (`Decision.recover`): its image
-downloaded instead of paid again.
+found by its id, and is UNKNOWN while its row may yet show (within the lag). Each
+billed attempt of a job not done whose image may be had is offered for recovery
+(`Decision.recover`): the caller downloads the first that can be fetched instead of
+paying again, and settles the rest billed, no image needed.
 """
 
 from __future__ import annotations
@@ -92,14 +93,21 @@ def decide(
             decisions.append(Decision(attempt, Verdict.NOT_BILLED))
     if done:
         return decisions
+    # Every billed attempt whose image can be had is offered for the job, in order: when
+    # one cannot be fetched (its output expired) the next is tried, and once one is in
+    # place the rest are settled billed, no image needed (`Settler._apply`).
     for index, decision in enumerate(decisions):
         if decision.verdict is Verdict.BILLED and decision.row and decision.row.generation_url:
             decisions[index] = Decision(decision.attempt, Verdict.BILLED, decision.row, True)
-            return decisions
-    for attempt in unwritten:  # paid and lost on our side: fetch it by its id
+    # Paid and lost on our side (not written, or cut off on the way): by its id, newest
+    # first (its output the least likely to have expired).
+    fetchable = []
+    for attempt in sorted(unwritten, key=lambda a: a.started_at, reverse=True):
         row = (by_id or {}).get(attempt.request_id or "")
         if row is not None and row.status == "COMPLETED" and row.generation_url:
-            return [*decisions, Decision(attempt, Verdict.BILLED, row, True)]
+            fetchable.append(Decision(attempt, Verdict.BILLED, row, True))
+    if fetchable or any(decision.recover for decision in decisions):
+        return [*decisions, *fetchable]
     for attempt in unwritten:  # its row may not show yet: wait for it, never pay again
         row = (by_id or {}).get(attempt.request_id or "")
         if (

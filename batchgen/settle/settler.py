@@ -119,7 +119,7 @@ class Settler:
                         moment = max(attempt.deadline(self.lag), now + 1.0)
                         retry_at = moment if retry_at is None else min(retry_at, moment)
                         continue
-                    if decision.recover and row is not None:
+                    if decision.recover and row is not None and attempt.job_id not in recovered:
                         if await recover(self.history, writer, attempt, row, targets):
                             counts["recovered"] += 1
                             saved += attempt.price or row.cost
