@@ -266,10 +266,10 @@ async def run_async(
         options = RunOptions(limit, max_cost, max_attempts, retry_failed, outage_limit,
                              first_window=concurrency)  # fmt: skip
 
-        async def run_pass(defer: bool, held: frozenset[str]) -> BatchResult:
+        async def run_pass(defer: bool, held: frozenset[str], used: passes.Used) -> BatchResult:
             config = BatchConfig(
                 manifest=prepared.manifest, out=out_path, ledger_path=ledger_path,
-                api_base=base, api_key=key, options=replace(options, defer_ambiguous=defer),
+                api_base=base, api_key=key, options=used.options(options, defer=defer),
                 rpm=rate, timeout=timeout, shard=str(owned) if owned else None, api=api,
                 typical_latency=typical_latency,
             )  # fmt: skip
@@ -298,6 +298,7 @@ async def run_async(
         ran = await passes.run_passes(
             run_pass, settle_pass, replan, settled=settled,
             defer=reconcile and (settled is None or settled.unavailable is None),
+            price=the_plan.price,
         )  # fmt: skip
     result = passes.combined(ran.batches, ran.in_run, the_plan, out_path, ledger_path,
                              the_plan.price)  # fmt: skip

@@ -723,3 +723,42 @@ async def test_when_a_cut_answers_image_is_gone_a_later_ones_is_fetched(tmp_path
     assert expired and counts == [1, 2]  # A's first image was lost: paid twice, no more
     assert (result.succeeded, result.stopped) == (2, None), result.stopped
     assert done_jobs(out) == set(fingerprints)
+
+
+async def test_max_attempts_holds_for_the_run_not_each_pass(tmp_path: Path) -> None:
+    """--max-attempts 1; every 200 cut off and its image gone before it can be fetched.
+    Before, each of the three passes started counting again and paid once more (3 a
+    run), and the run ended UNSETTLED, so every later run paid 3 more. Now the job has
+    one attempt a run: paid once, then failed (retryably), exit 1."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated(fault_cut=1.0, output_ttl=1e-6) as served:
+        result = await run(m, served, out, max_attempts=1, sleep=FakeSleep())
+        assert charged(served, fingerprints) == Counter({1: 1})
+        assert (result.failed, result.stopped) == (1, None), result.stopped
+        again = await run(m, served, out, max_attempts=1, sleep=FakeSleep())
+        assert charged(served, fingerprints) == Counter({2: 1})  # one a run
+    assert again.failed == 1
+    failed = [r for r in lines(out) if r["status"] == "failed"]
+    assert failed and "earlier passes" in failed[-1]["error"]
+    assert batchgen.report(out).spent == pytest.approx(served.stats.spent)
+
+
+@pytest.mark.parametrize("fault", ["cut", "billed 504"])
+async def test_max_cost_holds_for_the_run_not_each_pass(tmp_path: Path, fault: str) -> None:
+    """--max-cost of one price; the job's paid answer is lost (a cut 200, a billed 504)
+    and its image gone before it can be fetched, so it runs again in the next pass.
+    Before, each pass's budget started from nothing: $0.189 (cut) or $0.126 (504)
+    paid against a cap of $0.063. Now the next pass gets what is left: nothing."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    faults: dict[str, Any] = (
+        {"fault_cut": 1.0} if fault == "cut" else {"script": (504,), "billed_504_share": 1.0}
+    )
+    async with emulated(**faults, output_ttl=1e-6) as served:
+        result = await run(m, served, tmp_path / "out", sleep=FakeSleep(),
+                           max_cost=api.PRICE_USD)  # fmt: skip
+        spent = served.stats.spent
+    assert spent == pytest.approx(api.PRICE_USD)
+    assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.BUDGET
+    assert result.spent == pytest.approx(spent)

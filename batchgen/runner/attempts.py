@@ -78,8 +78,14 @@ class JobAttempts:
             error = ApiError(f"cannot read the input image: {err}")
             await recorder.fail(job, params, error, 0, "no", retryable=True)
             return
-        attempt = throttled = resent = 0
+        attempt = self.options.prior_attempts.get(job.job_id, 0)
+        throttled = resent = 0
         resend = counted = False  # this send is a free resend; the job's first is counted
+        if attempt >= self.options.max_attempts:  # used up by this run's earlier passes
+            error = ApiError(f"its {attempt} attempts (--max-attempts) were used in this "
+                             "run's earlier passes")  # fmt: skip
+            await recorder.fail(job, params, error, attempt, "no", retryable=True)
+            return
         while True:
             probe = await self._take_turn(job, params, attempt + 1, resend=resend)
             if probe is None:
@@ -101,7 +107,7 @@ class JobAttempts:
                     if billed == "maybe" and self.options.defer_ambiguous:
                         if self.breaker.given_up:  # the outage outlasted its limit: stop
                             self.request_stop(StopReason.OUTAGE, self._outage_reason())
-                        await self._defer(job, params, error)  # a 504 may have been
+                        await self._defer(job, params, error, attempt)  # a 504 may have been
                         return  # billed: settle, not resend
                     if (
                         billed != "no"
@@ -160,13 +166,13 @@ class JobAttempts:
                 # A 200 cut off on the way: paid, and the history has the image by its
                 # id. Downloaded after this pass, not paid for again.
                 await recorder.cut_short(job, params, error, attempt, error.request_id)
-                self.totals.deferred_jobs.add(job.job_id)
+                self.totals.deferred_jobs[job.job_id] = attempt
                 return
             if billed == "maybe" and self.options.defer_ambiguous:
                 # Sending again might pay twice: the request history says, once its row
                 # shows. The job waits for that verdict after this pass (library.run_async
                 # settles, then runs what was not billed), and the worker goes on.
-                await self._defer(job, params, error)
+                await self._defer(job, params, error, attempt)
                 return
             if attempt >= self.options.max_attempts:
                 await recorder.fail(job, params, error, attempt, billed, retryable=True)
@@ -221,10 +227,10 @@ class JobAttempts:
             return None
         return probe
 
-    async def _defer(self, job: Job, params: dict[str, Any], error: ApiError) -> None:
+    async def _defer(self, job: Job, params: dict[str, Any], error: ApiError, attempt: int) -> None:
         """A maybe-billed attempt, left for the request history to settle after this pass."""
         await self.recorder.interrupted(job, params, error, "maybe")
-        self.totals.deferred_jobs.add(job.job_id)
+        self.totals.deferred_jobs[job.job_id] = attempt
 
     def _stopped_while_noting(self) -> bool:
         """While a store's `started` line was being written, the run stopped for a reason

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from batchgen import retry
 
@@ -16,3 +17,5 @@ class RunOptions:
     outage_limit: float = retry.OUTAGE_LIMIT_S
     defer_ambiguous: bool = False  # maybe-billed attempts wait for settlement, not a retry
     first_window: int | None = None  # --concurrency given: start with that many in flight
+    # the attempts each job made in this run's earlier passes: --max-attempts is the run's
+    prior_attempts: Mapping[str, int] = field(default_factory=dict)

@@ -16,9 +16,10 @@ class RunTotals:
     skipped_failed: int = 0
     not_run: int = 0  # left for the next run when this one stopped early (set at the end)
     unwritten: int = 0  # paid for, but the image could not be written
-    # the jobs whose attempt may have been billed and was left to settle from the request
-    # history, not retried (once a pass at most: the job ends there)
-    deferred_jobs: set[str] = field(default_factory=set)
+    # the jobs whose attempt may have been billed, or was billed and its image not had,
+    # left to settle from the request history, not retried (once a pass at most: the
+    # job ends there), with the attempts each had made by then
+    deferred_jobs: dict[str, int] = field(default_factory=dict)
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0

@@ -10,8 +10,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batchgen import events, ledger, preflight, shard, uploads
@@ -20,6 +20,7 @@ from batchgen.manifest import Manifest
 from batchgen.pacing import Clock, Sleep
 from batchgen.planning import Plan
 from batchgen.results import RunResult
+from batchgen.runner.options import RunOptions
 from batchgen.settle.folder import settle_out
 from batchgen.settle.report import SettleReport
 from batchgen.settle.targets import Targets
@@ -144,27 +145,48 @@ class Passes:
     held: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Used:
+    """What a run's earlier passes used, so that its limits hold for the run and not
+    for each pass: the attempts each job made (`--max-attempts`) and the money spent
+    or possibly billed (`--max-cost`)."""
+
+    attempts: Mapping[str, int] = field(default_factory=dict)
+    money: float = 0.0
+
+    def options(self, options: RunOptions, *, defer: bool) -> RunOptions:
+        """A pass's options: the run's, less what the earlier passes used."""
+        cap = options.max_cost
+        return replace(
+            options, defer_ambiguous=defer, prior_attempts=self.attempts,
+            max_cost=None if cap is None else round(max(0.0, cap - self.money), 6),
+        )  # fmt: skip
+
+
 async def run_passes(
-    run_pass: Callable[[bool, frozenset[str]], Awaitable[BatchResult]],
+    run_pass: Callable[[bool, frozenset[str], Used], Awaitable[BatchResult]],
     settle_pass: Callable[[], Awaitable[SettleReport]],
     replan: Callable[[], Awaitable[None]],
     *,
     settled: SettleReport | None,
     defer: bool,
+    price: float,
 ) -> Passes:
-    """A run as passes, the same for a folder and a store. `run_pass(defer, held)` runs
-    the jobs not held back, deferring lost answers while `defer` (the history can say
-    whether they were billed); when a pass deferred some, `settle_pass` asks the
-    history (billed: downloaded; not billed: `replan`, then the next pass sends them).
-    What the last of SETTLE_ROUNDS passes defers waits for the next run, which settles
-    it first: a lost answer is never sent again blindly while the history can tell. So
-    does what a pass deferred when the history then could not be read: it may only be
-    down for a while, and the next run asks it first."""
+    """A run as passes, the same for a folder and a store. `run_pass(defer, held, used)`
+    runs the jobs not held back, deferring lost answers while `defer` (the history can
+    say whether they were billed), within what the earlier passes left of the run's
+    limits (`used`); when a pass deferred some, `settle_pass` asks the history (billed:
+    downloaded; not billed: `replan`, then the next pass sends them). What the last of
+    SETTLE_ROUNDS passes defers waits for the next run, which settles it first: a lost
+    answer is never sent again blindly while the history can tell. So does what a pass
+    deferred when the history then could not be read: it may only be down for a while,
+    and the next run asks it first."""
     batches: list[BatchResult] = []
     in_run: list[SettleReport] = []
+    used = Used()
     while True:
         held = settled.unknown_jobs if settled is not None else frozenset()
-        batch = await run_pass(defer, held)
+        batch = await run_pass(defer, held, used)
         batches.append(batch)
         totals = batch.totals
         if not totals.deferred or totals.stopped is not None or len(batches) >= SETTLE_ROUNDS:
@@ -175,6 +197,8 @@ async def run_passes(
         if report.unavailable is not None:
             return Passes(batches, in_run, settled, settled.unknown_jobs)
         defer = True
+        spent, maybe = money(batches, in_run, price)
+        used = Used({**used.attempts, **totals.deferred_jobs}, spent + maybe)
         await replan()
 
 
@@ -217,34 +241,22 @@ def combined(
     failures: Counter[tuple[int | None, str]] = Counter()
     for batch in batches:
         failures.update(batch.totals.failures)
-    # each settlement follows a pass: of what it decided, only the attempts that pass
-    # deferred are this run's money (a job held back from an earlier run may be decided
-    # in it too: that run's money, as when it is settled before a run)
-    recovered = decided = failed = 0
-    charged = 0.0
+    decided = _decided(batches, settled)
+    spent, possibly_billed = money(batches, settled, price)
     not_run = last.not_run
     if len(settled) == len(batches):  # the history became unreadable after the last pass
         after = settled[-1]  # but its v2 polls may have decided some of what it deferred
-        not_run -= len((after.recovered_jobs | after.failed_jobs) & last.deferred_jobs)
-    for batch, report in zip(batches, settled, strict=False):
-        mine = batch.totals.deferred_jobs
-        recovered += len(report.recovered_jobs & mine)
-        failed += len(report.failed_jobs & mine)
-        ours = [job for job in report.charged_jobs if job in mine]
-        decided += len(ours)
-        charged += sum(report.charged_jobs[job] for job in ours)
+        not_run -= len((after.recovered_jobs | after.failed_jobs) & last.deferred_jobs.keys())
     return RunResult(
         plan, out, ledger_path,
-        succeeded=sum(b.totals.succeeded for b in batches) + recovered,
-        failed=sum(b.totals.failed for b in batches) + failed,
+        succeeded=sum(b.totals.succeeded for b in batches) + decided.recovered,
+        failed=sum(b.totals.failed for b in batches) + decided.failed,
         skipped_done=first.skipped_done,
         skipped_failed=first.skipped_failed,
         not_run=not_run,
         unwritten=sum(b.totals.unwritten for b in batches),
-        spent=round(sum(b.totals.spent for b in batches) + charged, 6),
-        possibly_billed=round(
-            max(0.0, sum(b.totals.possibly_billed for b in batches) - decided * price), 6
-        ),
+        spent=spent,
+        possibly_billed=possibly_billed,
         requests=sum(b.totals.requests for b in batches),
         throttled=sum(b.totals.throttled for b in batches),
         failures=dict(failures),
@@ -256,3 +268,41 @@ def combined(
         seconds=sum(b.seconds for b in batches),
         run_id=batches[0].run_id,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """What the settlements within a run decided of the attempts its passes deferred."""
+
+    recovered: int = 0  # images downloaded
+    failed: int = 0  # v2 requests found FAILED: their jobs failed for good
+    decided: int = 0  # ambiguous attempts decided, billed or not (each held at the price)
+    charged: float = 0.0  # what the billed ones cost, as their lines say
+
+
+def _decided(batches: list[BatchResult], settled: list[SettleReport]) -> _Decided:
+    """Each settlement follows a pass: of what it decided, only the attempts that pass
+    deferred are this run's money (a job held back from an earlier run may be decided
+    in it too: that run's money, as when it is settled before a run)."""
+    recovered = decided = failed = 0
+    charged = 0.0
+    for batch, report in zip(batches, settled, strict=False):
+        mine = batch.totals.deferred_jobs
+        recovered += len(report.recovered_jobs & mine.keys())
+        failed += len(report.failed_jobs & mine.keys())
+        ours = [job for job in report.charged_jobs if job in mine]
+        decided += len(ours)
+        charged += sum(report.charged_jobs[job] for job in ours)
+    return _Decided(recovered, failed, decided, charged)
+
+
+def money(
+    batches: list[BatchResult], settled: list[SettleReport], price: float
+) -> tuple[float, float]:
+    """(spent, possibly billed) of a run's passes so far: the money of attempts settled
+    in the run moved from possibly billed (at `price`, as the runner counted it) to
+    spent (at what the service charged), or to nothing."""
+    decided = _decided(batches, settled)
+    spent = round(sum(b.totals.spent for b in batches) + decided.charged, 6)
+    maybe = sum(b.totals.possibly_billed for b in batches) - decided.decided * price
+    return spent, round(max(0.0, maybe), 6)

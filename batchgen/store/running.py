@@ -160,11 +160,11 @@ async def _run_leased(
         stop = Stop(StopReason.NOT_CONFIRMED, "not confirmed; nothing sent")
         return RunResult(the_plan, out_url, ledger_url, stopped=stop, settlement=settled)
 
-    async def run_pass(defer: bool, held: frozenset[str]) -> BatchResult:
+    async def run_pass(defer: bool, held: frozenset[str], used: passes.Used) -> BatchResult:
         config = BatchConfig(
             manifest=prepared.manifest, out=location.folder, ledger_path=location.folder / name,
             api_base=api_base, api_key=leased.api_key,
-            options=replace(options, defer_ambiguous=defer), rpm=rpm,
+            options=used.options(options, defer=defer), rpm=rpm,
             timeout=timeout, shard=str(owned) if owned else None, writer=leased.writer, api=api,
             **({"typical_latency": typical_latency} if typical_latency is not None else {}),
         )  # fmt: skip
@@ -193,6 +193,7 @@ async def _run_leased(
     ran = await passes.run_passes(
         run_pass, settle_pass, replan, settled=settled,
         defer=leased.settlement is not None and (settled is None or settled.unavailable is None),
+        price=the_plan.price,
     )  # fmt: skip
     writers, lease = leased.writers, leased.lease
     if writers and all(w.failed is None for w in writers) and lease.lost is None:
