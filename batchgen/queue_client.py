@@ -307,7 +307,9 @@ class QueueClient(Client):
             if attempt < DOWNLOAD_TRIES:
                 await self._sleep(self._rng.uniform(POLL_MIN_S, POLL_MAX_S))
         kind = AnswerProblem.NOT_IMAGE if "not an image" in problem else AnswerProblem.TRUNCATED
-        raise BadAnswerError(kind, f"the output of request {request_id}: {problem}")
+        error = BadAnswerError(kind, f"the output of request {request_id}: {problem}")
+        error.request_id, error.cost = request_id, result.cost  # settled by its row, later
+        raise error
 
     def _lost(self, request_id: str, why: str | None) -> QueuedRequestLost:
         text = f"lost track of queued request {request_id} ({why}); settled by its id"

@@ -340,3 +340,59 @@ async def test_a_lost_v2_request_settled_failed_in_run_is_counted_failed(
     assert "failed" in statuses, statuses  # the ledger: failed for good
     assert (result.succeeded, result.not_run, result.stopped) == (0, 0, None)
     assert result.failed == 1  # it was 0: the CLI exited 0 for a failed job
+
+
+async def test_a_v2_output_cut_off_on_the_way_is_fetched_again_not_paid_again(
+    tmp_path: Path,
+) -> None:
+    """--api v2 through a proxy that cuts every output download halfway (a CDN hop, a
+    proxy). The request COMPLETED and was billed, and its id is in the ledger. Before,
+    the job was submitted again, paid each time (6 charges, then failed); now the cut
+    download leaves it to settlement, whose download by the row's URL goes around
+    the proxy: paid once."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    m = make_project(tmp_path, images=1, prompts=1, seeds=1)
+    fingerprints = job_fingerprints(m)
+    out = tmp_path / "out"
+    async with emulated() as served, aiohttp.ClientSession() as session:
+        origin = [""]
+
+        async def proxy(request: web.Request) -> web.StreamResponse:
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
+            async with session.request(request.method, served.root + request.path_qs,
+                                       data=await request.read(), headers=headers,
+                                       allow_redirects=False) as answer:  # fmt: skip
+                body, status, kind = await answer.read(), answer.status, answer.content_type
+            if request.path.startswith("/outputs/") and status == 200:
+                cut = web.StreamResponse(status=200, headers={"Content-Type": kind})
+                cut.content_length = len(body)
+                await cut.prepare(request)
+                await cut.write(body[: len(body) // 2])
+                assert request.transport is not None
+                request.transport.close()
+                return cut
+            if request.path.startswith("/v2/requests/"):  # its output URL: through us
+                body = body.replace(served.root.encode(), origin[0].encode())
+            return web.Response(status=status, body=body, content_type=kind)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", proxy)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        origin[0] = str(server.make_url("")).rstrip("/")
+        try:
+            fake = FakeSleep()
+            result = await batchgen.run_async(
+                m, out=out, api_base=origin[0] + "/v1", api_key=served.api_key,
+                history_base=served.history_base, api="v2", sleep=fake, clock=fake.clock,
+            )  # fmt: skip
+        finally:
+            await server.close()
+        spent = served.stats.spent
+    assert [served.stats.charges.get(fp, 0) for fp in fingerprints.values()] == [1]
+    assert (result.succeeded, result.stopped) == (1, None), result.stopped
+    assert result.spent == pytest.approx(spent)
+    assert batchgen.report(out).spent == pytest.approx(spent)
