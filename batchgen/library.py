@@ -285,7 +285,7 @@ async def run_async(
             return await passes.settle_first(
                 prepared.manifest, owned, out_path, ledger_path, preflight.as_path(ledger), key,
                 preflight.history_base(history_base, base), history_lag, emit, sleep, queue_base,
-                clock,
+                clock, then=passes.LEFT_FOR_NEXT_RUN,
             )  # fmt: skip
 
         async def replan() -> None:

@@ -19,7 +19,7 @@ class Summary:
     succeeded: int = 0
     failed: int = 0
     not_finished: int = 0  # started or interrupted, never finished: the next run does them
-    unwritten: int = 0  # paid for, never written (full disk…): the next run does them again
+    unwritten: int = 0  # paid for, not on disk (full disk, cut off…): downloaded, or run again
     spent: float = 0.0
     possibly_billed: float = 0.0
     requests: int = 0
@@ -68,7 +68,14 @@ def summarize(paths: Iterable[Path]) -> Summary:
     return summary
 
 
-UNWRITTEN = "paid for but not written (see the error above); the next run pays for them again"
+UNWRITTEN = (
+    "paid for but not written (see the error above); the next run downloads them from the "
+    "request history, or pays again if it cannot"
+)
+PAID_NOT_ON_DISK = (
+    "paid for, not on disk (not written, or cut off on the way); the next run downloads "
+    "them from the request history, or pays again if it cannot"
+)
 
 
 def render(summary: Summary) -> str:
@@ -82,7 +89,7 @@ def render(summary: Summary) -> str:
     if summary.not_finished:
         lines.append(f"unfinished  {summary.not_finished:,} (the next run does them)")
     if summary.unwritten:
-        lines.append(f"unwritten   {summary.unwritten:,} {UNWRITTEN}")
+        lines.append(f"unwritten   {summary.unwritten:,} {PAID_NOT_ON_DISK}")
     lines += money_lines(
         summary.spent,
         summary.requests,

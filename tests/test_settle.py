@@ -480,6 +480,10 @@ def test_two_scans_merge_their_unknown_as_the_last_two_steps_add_them() -> None:
     # a scan that could not read the history looked at none of them: still unknown
     blind = merged(first, settle.SettleReport(unavailable="HTTP 503"))
     assert (blind.unknown, blind.unknown_jobs, blind.unavailable) == (2, {"a", "b"}, "HTTP 503")
+    # ... but for what its v2 polls finished, before the history failed
+    polled = settle.SettleReport(unavailable="HTTP 503", recovered=1, polled=1,
+                                 recovered_jobs=frozenset({"a"}))  # fmt: skip
+    assert merged(first, polled).unknown_jobs == {"b"}
 
 
 def test_output_paths_come_from_a_manifest_only_while_it_is_there_unchanged(
@@ -574,7 +578,9 @@ async def test_an_earlier_runs_attempt_settled_in_run_does_not_hide_this_runs_ma
     )  # today: 0
 
 
-async def test_a_history_that_goes_down_mid_run_sends_nothing_blindly(tmp_path: Path) -> None:
+async def test_a_history_that_goes_down_mid_run_sends_nothing_blindly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Job 0 was billed by a killed run, too recently for the history to say: held back.
     Job 1's answer is lost to a billed 504: deferred. Then the history stops answering.
     Before, the next pass sent both again blindly (each paid twice): the unreadable
@@ -616,16 +622,20 @@ async def test_a_history_that_goes_down_mid_run_sends_nothing_blindly(tmp_path: 
                 if isinstance(event, batchgen.JobStarted):
                     down[0] = True  # after the settlement before the run held job 0
 
-            result = await run(
-                m, served, out, history_base=str(history.make_url("")).rstrip("/"),
-                history_lag=600, concurrency=1, sleep=FakeSleep(), on_event=history_goes_down,
-            )  # fmt: skip
+            with caplog.at_level("WARNING", logger="batchgen"):
+                result = await run(
+                    m, served, out, history_base=str(history.make_url("")).rstrip("/"),
+                    history_lag=600, concurrency=1, sleep=FakeSleep(),
+                    on_event=history_goes_down,
+                )  # fmt: skip
         finally:
             await history.close()
     assert charged(served, fingerprints) == Counter({1: 3})  # nothing paid twice
     assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.UNSETTLED
     assert (result.succeeded, result.held_back, result.not_run) == (1, 1, 1), result
     assert "lost their answers" in result.stopped.message
+    (warning,) = [r.getMessage() for r in caplog.records if "request history" in r.getMessage()]
+    assert "left for the next run" in warning and "going on without it" not in warning
     assert result.possibly_billed == pytest.approx(api.PRICE_USD)  # job 1's; job 0's is run 1's
 
 

@@ -396,3 +396,77 @@ async def test_a_v2_output_cut_off_on_the_way_is_fetched_again_not_paid_again(
     assert (result.succeeded, result.stopped) == (1, None), result.stopped
     assert result.spent == pytest.approx(spent)
     assert batchgen.report(out).spent == pytest.approx(spent)
+
+
+async def test_a_held_job_its_poll_finished_is_not_held_when_the_history_then_fails(
+    tmp_path: Path,
+) -> None:
+    """X: queued by a killed run, still processing when this run starts: held back.
+    Y: this run loses track of its queued request (404 at its first poll): deferred.
+    Z: its submission is answered 504 (queued, no id): deferred, for the history.
+    The settlement after the pass polls X's and Y's ids (both COMPLETED: downloaded),
+    then the history, needed for Z, does not answer. Before, X was still counted held
+    back ("2 jobs left ... 1 held back"), though its image was in place."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from batchgen.emulator.state import STATE
+
+    m = make_project(tmp_path, images=1, prompts=1, seeds=3)
+    out = tmp_path / "out"
+    release = asyncio.Event()
+
+    async def gated(_: float) -> None:
+        await release.wait()
+
+    async with emulated(latency=1.0, sleep=gated) as served, aiohttp.ClientSession() as session:
+        x_job = await submit_and_crash(served, out, m, index=0)  # X processing, gated
+        served.app[STATE].script.extend([200, 504])  # Y queued; Z queued, its answer lost
+        x_id = next(r["request_id"] for r in lines(out) if r["status"] == "submitted")
+        history_down, polled = [False], [0]
+
+        async def proxy(request: web.Request) -> web.StreamResponse:
+            if request.path.startswith("/inference-request") and history_down[0]:
+                return web.Response(status=503, text="history down")
+            if (
+                request.path.startswith("/v2/requests/")
+                and history_down[0]
+                and not request.path.endswith(x_id)
+                and polled[0] == 0
+            ):
+                polled[0] += 1  # Y's first poll: lost track of it
+                release.set()  # from now on the emulator finishes what it has
+                return web.json_response({"error": "not found"}, status=404)
+            headers = {k: v for k, v in request.headers.items()
+                       if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
+            async with session.request(request.method, served.root + request.path_qs,
+                                       data=await request.read(), headers=headers,
+                                       allow_redirects=False) as answer:  # fmt: skip
+                body = await answer.read()
+                return web.Response(status=answer.status, body=body,
+                                    content_type=answer.content_type)  # fmt: skip
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", proxy)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        origin = str(server.make_url("")).rstrip("/")
+
+        def history_goes_down(event: batchgen.Event) -> None:
+            if isinstance(event, batchgen.JobStarted):
+                history_down[0] = True  # after the settlement before the run held X
+
+        try:
+            fake = FakeSleep()
+            result = await batchgen.run_async(
+                m, out=out, api_base=origin + "/v1", api_key=served.api_key,
+                history_base=origin, api="v2", sleep=fake, clock=fake.clock,
+                on_event=history_goes_down, concurrency=1,
+            )  # fmt: skip
+        finally:
+            release.set()
+            await server.close()
+    state = ledger.load_state(ledger.ledgers_in(out))
+    assert state.is_done(x_job)  # X's image is in place
+    assert result.stopped is not None and result.not_run == 1  # Z waits for the history
+    assert result.held_back == 0, result.stopped.message

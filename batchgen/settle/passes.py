@@ -34,6 +34,11 @@ SETTLE_POLL_S = 5.0  # between scans while some request is still pending or with
 SETTLE_MAX_SCANS = 20
 
 
+# What a run does when the history cannot be read: before it, and within it
+GOING_ON = "going on without it"
+LEFT_FOR_NEXT_RUN = "what this run could not settle is left for the next run"
+
+
 SETTLE_MAX_WAIT_S = 60.0  # then what is still unknown is held back, for the next run
 
 
@@ -50,13 +55,16 @@ async def settle_first(
     sleep: Sleep | None,
     queue_base: str | None = None,
     clock: Clock | None = None,
+    *,
+    then: str = GOING_ON,
 ) -> SettleReport:
     """Settle what earlier runs left ambiguous, before the plan pass reads any state.
     First the v2 requests whose ids were recorded are polled at `queue_base` (what
     completed is downloaded; `sleep` between polls, their wait timed by `clock`, the
     run's seams, real time when None); then the history. While some attempt is still pending or
     within the lag, scan again (every few seconds, for about the lag); what is still
-    unknown then is held back from sending."""
+    unknown then is held back from sending. `then`: what the run does when the history
+    cannot be read, as its warning says."""
     paths = sorted({*ledger.ledgers_in(out), ledger_path}) if ledger_file is None else [ledger_path]
     wanted = LazyTargets(loaded, owned, out)
     pause, monotonic = sleep or asyncio.sleep, clock or time.monotonic
@@ -68,14 +76,20 @@ async def settle_first(
             assets=uploads.digests_by_url([out]),
         )  # fmt: skip
 
-    return await until_decided(scan, lag, emit, pause, monotonic)
+    return await until_decided(scan, lag, emit, pause, monotonic, then=then)
 
 
 Scan = Callable[[], Awaitable[SettleReport]]
 
 
 async def until_decided(
-    scan: Scan, lag: float, emit: events.Listener, pause: Sleep, clock: Clock = time.monotonic
+    scan: Scan,
+    lag: float,
+    emit: events.Listener,
+    pause: Sleep,
+    clock: Clock = time.monotonic,
+    *,
+    then: str = GOING_ON,
 ) -> SettleReport:
     """Settlement passes (`scan`, one `settle_out`), again while some attempt is
     still pending or within the lag (every few seconds, for about the lag); what is
@@ -89,7 +103,7 @@ async def until_decided(
         report = await scan()
         total = report if total is None else merged(total, report)
         if report.unavailable is not None:
-            log.warning("batchgen: %s; going on without it", report.unavailable)
+            log.warning("batchgen: %s; %s", report.unavailable, then)
             break
         if not report.unknown or report.retry_at is None:
             break
@@ -108,9 +122,12 @@ def merged(a: SettleReport, b: SettleReport) -> SettleReport:
     last scan's alone: a scan looks again at every attempt still unsettled, so an
     attempt unknown in `a` is in `b` again, decided or still unknown, and adding would
     count it twice (and hold back a job `b` decided). Unless `b` could not read the
-    history: then it looked at none of them, and what `a` left unknown still is."""
+    history: then only its v2 polls looked again, and what `a` left unknown still is,
+    but for the jobs those polls finished (downloaded, or FAILED)."""
     if b.unavailable is not None:
-        return replace(a.then(b), unknown=max(a.unknown, b.unknown))
+        finished = b.recovered_jobs | b.failed_jobs
+        return replace(a.then(b), unknown=max(a.unknown, b.unknown),
+                       unknown_jobs=(a.unknown_jobs - finished) | b.unknown_jobs)  # fmt: skip
     return replace(a.then(b), unknown=b.unknown, unknown_jobs=b.unknown_jobs)
 
 
@@ -216,9 +233,8 @@ def left_for_next_run(result: RunResult) -> RunResult:
         parts.append(f"{result.held_back:,} held back: an earlier request of theirs may "
                      "still be billed and the request history has no final word yet")  # fmt: skip
     if result.not_run:
-        parts.append(f"{result.not_run:,} lost their answers and the request history has "
-                     "not said whether they were billed: sending them again might pay "
-                     "twice")  # fmt: skip
+        parts.append(f"{result.not_run:,} lost their answers after they were sent: the next "
+                     "run asks the request history before paying for them again")  # fmt: skip
     jobs = result.held_back + result.not_run
     message = (f"{jobs:,} job{'s' if jobs != 1 else ''} left for the next run to settle "
                f"first ({'; '.join(parts)})")  # fmt: skip

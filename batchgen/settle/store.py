@@ -23,7 +23,7 @@ from batchgen.pacing import Clock, Sleep
 from batchgen.settle.decision import HISTORY_LAG_S
 from batchgen.settle.folder import settle_out
 from batchgen.settle.ledger_io import LedgerIO
-from batchgen.settle.passes import until_decided
+from batchgen.settle.passes import GOING_ON, until_decided
 from batchgen.settle.report import SettleReport
 from batchgen.settle.targets import Targets
 from batchgen.store.ledgers import StoredLedger, read_ledgers
@@ -106,13 +106,14 @@ async def settle_store(
     api_key: str,
     how: Settlement,
     emit: events.Listener,
+    then: str = GOING_ON,
 ) -> SettleReport:
     """What earlier runs left ambiguous in this run's ledger on the store (the lease
     held), settled as on disk (`passes.until_decided`): read from its segments, with
     every other ledger under the prefix for what is done and which ids are claimed;
     settlement lines go in new segments, each recovered image one PUT before its line.
     Other shards' ledgers are only read: their own runs settle them, under their
-    leases."""
+    leases. `then`: what the run does when the history cannot be read."""
     pause = how.sleep or asyncio.sleep
     monotonic = how.clock or time.monotonic
 
@@ -128,4 +129,4 @@ async def settle_store(
             io=io, only=own,
         )  # fmt: skip
 
-    return await until_decided(scan, how.lag, emit, pause, monotonic)
+    return await until_decided(scan, how.lag, emit, pause, monotonic, then=then)

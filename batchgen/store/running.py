@@ -115,12 +115,14 @@ class _Leased:
             made.fence(self.lease.lost)
         return made
 
-    async def settle(self, loaded: Manifest, owned: Shard | None) -> settle.SettleReport:
+    async def settle(
+        self, loaded: Manifest, owned: Shard | None, *, then: str = passes.GOING_ON
+    ) -> settle.SettleReport:
         assert self.settlement is not None
         targets = passes.LazyTargets(loaded, owned, self.store.location.folder)
         return await settle_store(
             self.store, self.name, self.writer, targets, api_key=self.api_key,
-            how=self.settlement, emit=self.emit,
+            how=self.settlement, emit=self.emit, then=then,
         )  # fmt: skip
 
 
@@ -181,7 +183,7 @@ async def _run_leased(
     async def settle_pass() -> settle.SettleReport:
         # Requests whose answers were lost: the history says whether they were billed
         # (their images are fetched and PUT) before anything is sent for them again.
-        return await leased.settle(prepared.manifest, owned)
+        return await leased.settle(prepared.manifest, owned, then=passes.LEFT_FOR_NEXT_RUN)
 
     async def replan() -> None:
         nonlocal prepared
