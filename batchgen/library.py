@@ -273,10 +273,12 @@ async def run_async(
                 rpm=rate, timeout=timeout, shard=str(owned) if owned else None, api=api,
                 typical_latency=typical_latency,
             )  # fmt: skip
-            jobs = (job for job in prepared.jobs() if job.job_id not in held)
+            jobs = (
+                job for job in prepared.jobs() if job.job_id not in held and used.runs(job.job_id)
+            )
             return await run_batch(
                 config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
-                to_run=prepared.plan.to_run, images=encoded, **seams,
+                to_run=used.to_run(prepared.plan.to_run, held), images=encoded, **seams,
             )  # fmt: skip
 
         async def settle_pass() -> settle.SettleReport:
@@ -301,7 +303,7 @@ async def run_async(
             price=the_plan.price,
         )  # fmt: skip
     result = passes.combined(ran.batches, ran.in_run, the_plan, out_path, ledger_path,
-                             the_plan.price)  # fmt: skip
+                             the_plan.price, ran.held_before)  # fmt: skip
     result = replace(result, settlement=ran.settled, held_back=len(ran.held), uploaded=uploaded)
     return passes.left_for_next_run(result)
 

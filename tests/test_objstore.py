@@ -441,6 +441,22 @@ async def test_a_200_cut_off_on_the_way_into_a_store_is_fetched_not_paid_again(
     assert batchgen.report(url).spent == pytest.approx(spent)
 
 
+async def test_on_a_store_a_job_failed_in_pass_1_is_not_sent_again_in_pass_2(
+    tmp_path: Path, s3_endpoint: str, bucket: str
+) -> None:
+    """As on disk: --max-attempts 1; J0's 500 fails it (retryably), J1's 504 (not billed)
+    is deferred. Before, the second pass sent J0 again and counted it twice."""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=2)
+    url = f"s3://{bucket}/night"
+    async with emulated(script=(500, 504), billed_504_share=0.0) as served:
+        result = await run(m, served, url, max_attempts=1, concurrency=1, sleep=FakeSleep())
+    started = Counter(r["job_id"] for r in ledger_lines(s3_endpoint, bucket, "night")
+                      if r["status"] == "started")  # fmt: skip
+    counted = result.succeeded + result.failed + result.not_run + result.held_back
+    assert (sorted(started.values()), counted) == ([1, 1], 2), (started, result.succeeded,
+                                                                 result.failed)  # fmt: skip
+
+
 async def test_a_lost_answer_the_history_cannot_tell_yet_is_held_back_not_resent(
     tmp_path: Path, bucket: str
 ) -> None:

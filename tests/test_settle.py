@@ -771,4 +771,5 @@ async def test_max_cost_holds_for_the_run_not_each_pass(tmp_path: Path, fault: s
         spent = served.stats.spent
     assert spent == pytest.approx(api.PRICE_USD)
     assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.BUDGET
+    assert "budget of $0.06 " in result.stopped.message  # the user's cap, not what is left
     assert result.spent == pytest.approx(spent)

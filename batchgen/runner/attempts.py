@@ -247,7 +247,8 @@ class JobAttempts:
         cap = self.options.max_cost
         if cap is None:
             return True
-        committed = self.totals.spent + self.totals.possibly_billed + self._reserved
+        committed = (self.options.prior_money + self.totals.spent + self.totals.possibly_billed
+                     + self._reserved)  # fmt: skip
         return committed + self.price <= cap + 1e-9
 
     async def _attempt(

@@ -17,5 +17,6 @@ class RunOptions:
     outage_limit: float = retry.OUTAGE_LIMIT_S
     defer_ambiguous: bool = False  # maybe-billed attempts wait for settlement, not a retry
     first_window: int | None = None  # --concurrency given: start with that many in flight
-    # the attempts each job made in this run's earlier passes: --max-attempts is the run's
-    prior_attempts: Mapping[str, int] = field(default_factory=dict)
+    # what this run's earlier passes used: --max-attempts and --max-cost are the run's
+    prior_attempts: Mapping[str, int] = field(default_factory=dict)  # each job's attempts
+    prior_money: float = 0.0  # spent or possibly billed

@@ -69,11 +69,15 @@ async def settle_first(
     wanted = LazyTargets(loaded, owned, out)
     pause, monotonic = sleep or asyncio.sleep, clock or time.monotonic
 
+    # A shard settles its own ledger only (the others are read): its sibling shards'
+    # jobs are theirs to settle, to the output paths only their plans have.
+    own = [ledger_path] if owned is not None else None
+
     async def scan() -> SettleReport:
         return await settle_out(
             paths, api_key=key, history_base=base, lag=lag, held=[ledger_path], targets=wanted,
             queue_base=queue_base, sleep=pause, monotonic=monotonic,
-            assets=uploads.digests_by_url([out]),
+            assets=uploads.digests_by_url([out]), only=own,
         )  # fmt: skip
 
     return await until_decided(scan, lag, emit, pause, monotonic, then=then)
@@ -160,24 +164,36 @@ class Passes:
     in_run: list[SettleReport]
     settled: SettleReport | None
     held: frozenset[str]
+    held_before: frozenset[str] = frozenset()  # by the settlement before the run
 
 
 @dataclass(frozen=True)
 class Used:
-    """What a run's earlier passes used, so that its limits hold for the run and not
-    for each pass: the attempts each job made (`--max-attempts`) and the money spent
-    or possibly billed (`--max-cost`)."""
+    """What a run's earlier passes did, for the next one: the jobs the settlement sent
+    back to it (`again`: only those run again; None in the first pass, which runs the
+    plan), and what they used, so that the run's limits hold for the run and not for
+    each pass: the attempts each job made (`--max-attempts`) and the money spent or
+    possibly billed (`--max-cost`)."""
 
+    again: frozenset[str] | None = None
     attempts: Mapping[str, int] = field(default_factory=dict)
     money: float = 0.0
 
     def options(self, options: RunOptions, *, defer: bool) -> RunOptions:
-        """A pass's options: the run's, less what the earlier passes used."""
-        cap = options.max_cost
-        return replace(
-            options, defer_ambiguous=defer, prior_attempts=self.attempts,
-            max_cost=None if cap is None else round(max(0.0, cap - self.money), 6),
-        )  # fmt: skip
+        """A pass's options: the run's, with what the earlier passes used."""
+        return replace(options, defer_ambiguous=defer, prior_attempts=self.attempts,
+                       prior_money=self.money)  # fmt: skip
+
+    def to_run(self, planned: int, held: frozenset[str]) -> int | None:
+        """How many jobs this pass runs, for counting what an early stop left: the
+        plan's count less the held jobs in the first pass (the plan counts them); in a
+        later pass, unknown (the runner reads on through the jobs left)."""
+        return max(0, planned - len(held)) if self.again is None else None
+
+    def runs(self, job_id: str) -> bool:
+        """Whether this pass runs the job (a later pass: only what was sent back to it;
+        a job that failed in an earlier pass has had its attempts)."""
+        return self.again is None or job_id in self.again
 
 
 async def run_passes(
@@ -201,21 +217,25 @@ async def run_passes(
     batches: list[BatchResult] = []
     in_run: list[SettleReport] = []
     used = Used()
+    before = settled.unknown_jobs if settled is not None else frozenset()
     while True:
         held = settled.unknown_jobs if settled is not None else frozenset()
         batch = await run_pass(defer, held, used)
         batches.append(batch)
         totals = batch.totals
         if not totals.deferred or totals.stopped is not None or len(batches) >= SETTLE_ROUNDS:
-            return Passes(batches, in_run, settled, held)
+            return Passes(batches, in_run, settled, held, before)
         report = await settle_pass()
         in_run.append(report)
         settled = report if settled is None else merged(settled, report)
         if report.unavailable is not None:
-            return Passes(batches, in_run, settled, settled.unknown_jobs)
+            return Passes(batches, in_run, settled, settled.unknown_jobs, before)
         defer = True
         spent, maybe = money(batches, in_run, price)
-        used = Used({**used.attempts, **totals.deferred_jobs}, spent + maybe)
+        # sent back to the next pass: what this one deferred and what it held back (once
+        # decided not billed, they are sent; the rest this run finished, or failed)
+        again = frozenset(totals.deferred_jobs) | held
+        used = Used(again, {**used.attempts, **totals.deferred_jobs}, spent + maybe)
         await replan()
 
 
@@ -248,6 +268,7 @@ def combined(
     out: Path | str,
     ledger_path: Path | str,
     price: float,
+    held_before: frozenset[str] = frozenset(),
 ) -> RunResult:
     """One result for the passes of a run: what the first found done or failed before,
     what all of them did, what the last left; the money of attempts settled in the run
@@ -257,7 +278,7 @@ def combined(
     failures: Counter[tuple[int | None, str]] = Counter()
     for batch in batches:
         failures.update(batch.totals.failures)
-    decided = _decided(batches, settled)
+    decided = _decided(batches, settled, held_before)
     spent, possibly_billed = money(batches, settled, price)
     not_run = last.not_run
     if len(settled) == len(batches):  # the history became unreadable after the last pass
@@ -296,19 +317,31 @@ class _Decided:
     charged: float = 0.0  # what the billed ones cost, as their lines say
 
 
-def _decided(batches: list[BatchResult], settled: list[SettleReport]) -> _Decided:
-    """Each settlement follows a pass: of what it decided, only the attempts that pass
-    deferred are this run's money (a job held back from an earlier run may be decided
-    in it too: that run's money, as when it is settled before a run)."""
+def _decided(
+    batches: list[BatchResult],
+    settled: list[SettleReport],
+    held_before: frozenset[str] = frozenset(),
+) -> _Decided:
+    """Each settlement follows a pass: of what it decided, only the attempts this run's
+    passes deferred are this run's money, whichever pass deferred them (one still
+    unknown after a settlement is held from the next pass, and a later settlement
+    decides it). A job held back from an earlier run (`held_before`) may be decided in
+    it too: that run's money, as when it is settled before a run, but this run's job,
+    counted once its image is downloaded (or its v2 request FAILED)."""
     recovered = decided = failed = 0
     charged = 0.0
+    mine: set[str] = set()  # deferred by this run's passes, not decided yet
+    earlier = set(held_before)  # held from an earlier run, not finished yet
     for batch, report in zip(batches, settled, strict=False):
-        mine = batch.totals.deferred_jobs
-        recovered += len(report.recovered_jobs & mine.keys())
-        failed += len(report.failed_jobs & mine.keys())
+        mine |= batch.totals.deferred_jobs.keys()
+        finished = report.recovered_jobs | report.failed_jobs
+        recovered += len(report.recovered_jobs & (mine | earlier))
+        failed += len(report.failed_jobs & (mine | earlier))
         ours = [job for job in report.charged_jobs if job in mine]
         decided += len(ours)
         charged += sum(report.charged_jobs[job] for job in ours)
+        mine &= report.unknown_jobs  # the rest were decided: counted here, once
+        earlier -= finished
     return _Decided(recovered, failed, decided, charged)
 
 

@@ -173,11 +173,11 @@ async def _run_leased(
         jobs = (
             job
             for job in preflight.shard_jobs(prepared.manifest, owned, check_paths=False)
-            if job.job_id not in held
+            if job.job_id not in held and used.runs(job.job_id)
         )
         return await run_batch(
             config, jobs, prepared.state, on_event=emit, handle_signals=handle_signals,
-            to_run=prepared.plan.to_run, **seams,
+            to_run=used.to_run(prepared.plan.to_run, held), **seams,
         )  # fmt: skip
 
     async def settle_pass() -> settle.SettleReport:
@@ -204,7 +204,7 @@ async def _run_leased(
         except (OSError, LedgerError) as err:  # the parts stay; readers take either
             log.warning("batchgen: %s: segments not merged: %s", ledger_url, err)
     result = passes.combined(ran.batches, ran.in_run, the_plan, out_url, ledger_url,
-                             the_plan.price)  # fmt: skip
+                             the_plan.price, ran.held_before)  # fmt: skip
     return passes.left_for_next_run(
         replace(result, settlement=ran.settled, held_back=len(ran.held))
     )
