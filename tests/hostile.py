@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -174,3 +175,30 @@ async def run_against(
         handle_signals=handle_signals, reconcile=reconcile,
         **options, **seams,
     )  # fmt: skip
+
+
+@dataclass
+class Forwarded:
+    """What the real server answered a request a proxy passed on."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]  # its `x-` headers (request id, cost, ...)
+
+    def response(self, body: bytes | None = None) -> web.Response:
+        """The answer as the proxy's own (`body` in place of the real one)."""
+        return web.Response(status=self.status, body=self.body if body is None else body,
+                            headers=self.headers, content_type=self.content_type)  # fmt: skip
+
+
+async def forward(session: aiohttp.ClientSession, request: web.Request, origin: str) -> Forwarded:
+    """`request` passed on to `origin` (its path and query, its key and content type;
+    no redirect followed), for test proxies that change what goes through them."""
+    headers = {k: v for k, v in request.headers.items()
+               if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
+    async with session.request(request.method, origin + request.path_qs,
+                               data=await request.read(), headers=headers,
+                               allow_redirects=False) as answer:  # fmt: skip
+        kept = {k: v for k, v in answer.headers.items() if k.lower().startswith("x-")}
+        return Forwarded(answer.status, await answer.read(), answer.content_type, kept)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 import batchgen
 from batchgen import api
 from batchgen.emulator.state import STATE
+from tests.hostile import forward
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 from tests.test_settle import charged, done_jobs
 
@@ -51,29 +53,14 @@ async def test_a_held_job_a_later_in_run_settlement_decides_is_counted(tmp_path:
     out = tmp_path / "out"
     async with emulated(script=(504, 504, 200, 504), billed_504_share=1.0) as served:
         state = served.app[STATE]
-        starts: list[str] = []
-        hidden: dict[str, float] = {}
 
-        def script_it(event: batchgen.Event) -> None:
-            if not isinstance(event, batchgen.JobStarted):
-                return
-            starts.append(event.job_id)
-            n = len(starts)
-            if n == 2:  # J0's 504 is in: its row PENDING for now; J1's 504 not billed
-                (record,) = list(state.records.oldest_first())
-                hidden[record.request_id] = record.finished_at
-                record.finished_at = time.time() + 1e6
-                state.config = replace(state.config, billed_504_share=0.0)
-            if len(set(starts)) == 3 and starts[-1] == starts[1] and not hidden.get("done"):
-                # J1 starts in pass 2: J0's row shows its end by the next settlement
-                for record in state.records.oldest_first():
-                    if record.request_id in hidden:
-                        record.finished_at = hidden[record.request_id]
-                hidden["done"] = 1.0
+        def j1_not_billed() -> None:
+            state.config = replace(state.config, billed_504_share=0.0)
 
-        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(), on_event=script_it)
+        late = RowLateUntilPass2(state, then=j1_not_billed)
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(), on_event=late)
         spent = served.stats.spent
-    assert hidden.get("done"), starts
+    assert late.done, late.starts
     assert charged(served, fingerprints) == Counter({1: 3})  # J0's 504, J1's and J2's 200
     assert done_jobs(out) == set(fingerprints)
     assert batchgen.report(out).spent == pytest.approx(spent)
@@ -95,28 +82,11 @@ async def test_a_held_504_found_not_billed_later_leaves_its_budget(tmp_path: Pat
     fingerprints = job_fingerprints(m)
     out = tmp_path / "out"
     async with emulated(script=(504, 504, 200, 504), billed_504_share=0.0) as served:
-        state = served.app[STATE]
-        starts: list[str] = []
-        hidden: dict[str, float] = {}
-
-        def script_it(event: batchgen.Event) -> None:
-            if not isinstance(event, batchgen.JobStarted):
-                return
-            starts.append(event.job_id)
-            if len(starts) == 2:  # J0's 504 is in: its row PENDING for now
-                (record,) = list(state.records.oldest_first())
-                hidden[record.request_id] = record.finished_at
-                record.finished_at = time.time() + 1e6
-            if len(set(starts)) == 3 and starts[-1] == starts[1] and not hidden.get("done"):
-                for record in state.records.oldest_first():  # J1 in pass 2: J0's row ends
-                    if record.request_id in hidden:
-                        record.finished_at = hidden[record.request_id]
-                hidden["done"] = 1.0
-
-        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(), on_event=script_it,
+        late = RowLateUntilPass2(served.app[STATE])
+        result = await run(m, served, out, concurrency=1, sleep=FakeSleep(), on_event=late,
                            max_cost=3 * api.PRICE_USD)  # fmt: skip
         spent = served.stats.spent
-    assert hidden.get("done"), starts
+    assert late.done, late.starts
     assert result.stopped is None, (result.stopped, result.spent, result.possibly_billed)
     assert charged(served, fingerprints) == Counter({1: 3})
     assert done_jobs(out) == set(fingerprints)
@@ -176,20 +146,12 @@ async def test_a_billed_failure_is_not_paid_again_in_the_next_pass(tmp_path: Pat
         posts = [0]
 
         async def proxy(request: web.Request) -> web.Response:
-            headers = {k: v for k, v in request.headers.items()
-                       if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
-            async with session.request(request.method, served.root + request.path_qs,
-                                       data=await request.read(), headers=headers,
-                                       allow_redirects=False) as answer:  # fmt: skip
-                body, status = await answer.read(), answer.status
-                keep = {k: v for k, v in answer.headers.items()
-                        if k.lower().startswith("x-")}  # fmt: skip
+            answer = await forward(session, request, served.root)
             if request.method == "POST":
                 posts[0] += 1
-                if posts[0] == 1 and status == 200:
-                    body = b"<html>an error page from a proxy</html>"
-            return web.Response(status=status, body=body, headers=keep,
-                                content_type=answer.content_type)  # fmt: skip
+                if posts[0] == 1 and answer.status == 200:
+                    return answer.response(b"<html>an error page from a proxy</html>")
+            return answer.response()
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", proxy)
@@ -277,33 +239,13 @@ async def test_two_billed_504s_of_one_job_are_settled_once(
 
 
 def _crash_in_shard_2(tmp_path: Path, m: Path, out: Path) -> tuple[Any, bytes]:
-    from batchgen import grid, ledger, manifest
+    """A killed shard 2/2's `started` line, for one of its jobs, and the body it sent."""
+    from batchgen import grid, manifest
     from batchgen import shard as shards
-    from batchgen.images import EncodedImages, LocalImage
+    from tests.test_settle import a_crash
 
-    loaded = manifest.load(m)
-    job = next(j for j in grid.expand(loaded) if shards.shard_of(j.job_id, 2) == 2)
-    image = job.params["image_file"]
-    assert isinstance(image, LocalImage)
-    body = api.encode_request(job.params, b'"' + EncodedImages().get(image) + b'"')
-    out.mkdir(exist_ok=True)
-    with (out / "ledger.shard-2-of-2.jsonl").open("ab") as handle:
-        handle.write(
-            ledger.encode(
-                {
-                    "v": 1,
-                    "ts": ledger.timestamp(),
-                    "job_id": None,
-                    "status": "run",
-                    "manifest": str(m),
-                    "model": api.MODEL,
-                }
-            )
-        )
-        handle.write(ledger.encode({"v": 1, "ts": ledger.timestamp(), "job_id": job.job_id,
-                                    "status": "started", "attempt": 1, "price": api.PRICE_USD,
-                                    "params": grid.describe(job.params)}))  # fmt: skip
-    return job, body
+    job = next(j for j in grid.expand(manifest.load(m)) if shards.shard_of(j.job_id, 2) == 2)
+    return a_crash(out, m, job=job, ledger_name="ledger.shard-2-of-2.jsonl")
 
 
 async def test_a_sibling_shards_unknown_attempt_does_not_leave_this_shard_unsettled(
@@ -327,3 +269,33 @@ async def test_a_sibling_shards_unknown_attempt_does_not_leave_this_shard_unsett
     assert job.job_id not in mine
     assert result.succeeded == result.plan.to_run
     assert (result.held_back, result.stopped) == (0, None), (result.held_back, result.stopped)
+
+
+class RowLateUntilPass2:
+    """A run's event listener for three jobs at --concurrency 1: from the second request
+    on (`then` is called there), the first request's history row (J0's) shows nothing
+    final, so the settlement after pass 1 holds J0; once J1 starts again in pass 2, the
+    row shows its end, for the settlement after pass 2 to decide."""
+
+    def __init__(self, state: Any, *, then: Callable[[], None] | None = None) -> None:
+        self.state, self.then = state, then
+        self.starts: list[str] = []
+        self.hidden: dict[str, float | None] = {}
+        self.done = False
+
+    def __call__(self, event: batchgen.Event) -> None:
+        if not isinstance(event, batchgen.JobStarted):
+            return
+        self.starts.append(event.job_id)
+        if len(self.starts) == 2:  # J0's 504 is in: its row PENDING for now
+            (record,) = list(self.state.records.oldest_first())
+            self.hidden[record.request_id] = record.finished_at
+            record.finished_at = time.time() + 1e6
+            if self.then is not None:
+                self.then()
+        starts = self.starts
+        if len(set(starts)) == 3 and starts[-1] == starts[1] and not self.done:
+            for record in self.state.records.oldest_first():  # J1 in pass 2: J0's row ends
+                if record.request_id in self.hidden:
+                    record.finished_at = self.hidden[record.request_id]
+            self.done = True

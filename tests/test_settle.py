@@ -275,15 +275,23 @@ async def test_a_refusing_history_is_unavailable(tmp_path: Path) -> None:
         assert report.unavailable is not None and "401" in report.unavailable
 
 
-def a_crash(out: Path, m: Path, job_index: int = 0) -> tuple[grid.Job, bytes]:
-    """The `started` line a killed run leaves, for one job of the manifest."""
-    loaded = manifest.load(m)
-    job = list(grid.expand(loaded))[job_index]
+def a_crash(
+    out: Path,
+    m: Path,
+    job_index: int = 0,
+    *,
+    job: grid.Job | None = None,
+    ledger_name: str = "ledger.jsonl",
+) -> tuple[grid.Job, bytes]:
+    """The `started` line a killed run leaves, for one job of the manifest (`job`, else
+    the `job_index`th), in `ledger_name`; with the request body it sent."""
+    if job is None:
+        job = list(grid.expand(manifest.load(m)))[job_index]
     image = job.params["image_file"]
     assert isinstance(image, LocalImage)
     body = api.encode_request(job.params, b'"' + EncodedImages().get(image) + b'"')
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "ledger.jsonl").open("ab") as handle:
+    with (out / ledger_name).open("ab") as handle:
         handle.write(
             ledger.encode(
                 {

@@ -21,6 +21,7 @@ from batchgen.emulator.v2 import FAILED_MESSAGE
 from batchgen.errors import InputError
 from batchgen.images import EncodedImages, LocalImage
 from batchgen.settle import queued as settle_queued
+from tests.hostile import forward
 from tests.runs import FakeSleep, emulated, job_fingerprints, lines, make_project, run
 
 
@@ -360,12 +361,8 @@ async def test_a_v2_output_cut_off_on_the_way_is_fetched_again_not_paid_again(
         origin = [""]
 
         async def proxy(request: web.Request) -> web.StreamResponse:
-            headers = {k: v for k, v in request.headers.items()
-                       if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
-            async with session.request(request.method, served.root + request.path_qs,
-                                       data=await request.read(), headers=headers,
-                                       allow_redirects=False) as answer:  # fmt: skip
-                body, status, kind = await answer.read(), answer.status, answer.content_type
+            answer = await forward(session, request, served.root)
+            body, status, kind = answer.body, answer.status, answer.content_type
             if request.path.startswith("/outputs/") and status == 200:
                 cut = web.StreamResponse(status=200, headers={"Content-Type": kind})
                 cut.content_length = len(body)
@@ -437,14 +434,7 @@ async def test_a_held_job_its_poll_finished_is_not_held_when_the_history_then_fa
                 polled[0] += 1  # Y's first poll: lost track of it
                 release.set()  # from now on the emulator finishes what it has
                 return web.json_response({"error": "not found"}, status=404)
-            headers = {k: v for k, v in request.headers.items()
-                       if k.lower() in ("x-api-key", "content-type")}  # fmt: skip
-            async with session.request(request.method, served.root + request.path_qs,
-                                       data=await request.read(), headers=headers,
-                                       allow_redirects=False) as answer:  # fmt: skip
-                body = await answer.read()
-                return web.Response(status=answer.status, body=body,
-                                    content_type=answer.content_type)  # fmt: skip
+            return (await forward(session, request, served.root)).response()
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", proxy)
