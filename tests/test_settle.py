@@ -781,3 +781,20 @@ async def test_max_cost_holds_for_the_run_not_each_pass(tmp_path: Path, fault: s
     assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.BUDGET
     assert "budget of $0.06 " in result.stopped.message  # the user's cap, not what is left
     assert result.spent == pytest.approx(spent)
+
+
+async def test_max_cost_holds_at_what_the_service_charges_once_an_answer_says(
+    tmp_path: Path,
+) -> None:
+    """The manifest says $0.063, the service charges $0.08. --max-cost 0.15: before, the
+    second request was held at the manifest's price ($0.08 + $0.063 fits) and sent,
+    and $0.16 was charged against the cap. The first answer's x-cost now says what a
+    request costs: the second does not fit. (The first request can only go by the
+    manifest's price: nothing has said otherwise yet.)"""
+    m = make_project(tmp_path, images=1, prompts=1, seeds=3)
+    async with emulated(price=0.08) as served:
+        result = await run(m, served, tmp_path / "out", concurrency=1, sleep=FakeSleep(),
+                           max_cost=0.15)  # fmt: skip
+        spent = served.stats.spent
+    assert spent == pytest.approx(0.08) and result.spent == pytest.approx(spent)
+    assert result.stopped is not None and result.stopped.reason is batchgen.StopReason.BUDGET

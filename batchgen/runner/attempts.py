@@ -63,7 +63,8 @@ class JobAttempts:
             request_stop,
         )
         self.emit, self.sleep, self.rng = emit, sleep, rng
-        self._reserved = 0.0  # price of requests in flight, for the cost cap
+        self._in_flight = 0  # requests sent or about to be, for the cost cap ...
+        self._unit = price  # ... each held at the most a request was charged, or the price
 
     @property
     def stopping(self) -> bool:
@@ -212,12 +213,12 @@ class JobAttempts:
             self.pacer.release_turn()
             self.breaker.release(probe=probe)
             return None
-        self._reserved += self.price  # now: a store's started line is awaited
+        self._in_flight += 1  # now: a store's started line is awaited
         started = schema.started(job.job_id, attempt=attempt, price=self.price,
                                  params=params, resend=resend, probe=bool(probe))  # fmt: skip
         noted = await self.recorder.note(started)
         if not noted or self._stopped_while_noting():
-            self._reserved -= self.price
+            self._in_flight -= 1
             self.pacer.release_turn()  # no evidence of the request, so no request
             self.breaker.release(probe=probe)
             if noted:
@@ -248,13 +249,13 @@ class JobAttempts:
         if cap is None:
             return True
         committed = (self.options.prior_money + self.totals.spent + self.totals.possibly_billed
-                     + self._reserved)  # fmt: skip
-        return committed + self.price <= cap + 1e-9
+                     + self._in_flight * self._unit)  # fmt: skip
+        return committed + self._unit <= cap + 1e-9
 
     async def _attempt(
         self, job: Job, params: dict[str, Any], body: bytes, attempt: int, *, fresh: bool
     ) -> tuple[ApiError, Billed, float] | None:
-        """One request, its price already reserved. None when the job is finished; else
+        """One request, counted in flight for the cost cap. None when the job is finished; else
         the error, whether it was billed ('no', 'maybe' for a 502/504 or a timeout
         after sending, or 'billed') and when it was sent. `fresh`: on a new connection
         (a resend after a kept-alive one turned out dead)."""
@@ -275,7 +276,7 @@ class JobAttempts:
             if billed == "maybe":
                 self.totals.possibly_billed += self.price
             elif billed == "billed":
-                self.totals.spent += self.recorder.cost(billed, error)
+                self._charged(self.recorder.cost(billed, error))
             return error, billed, sent_at
         except asyncio.CancelledError:  # a second signal cut it: it may have been billed
             self.totals.possibly_billed += self.price
@@ -286,11 +287,18 @@ class JobAttempts:
             )  # fmt: skip
             raise
         finally:
-            self._reserved -= self.price
+            self._in_flight -= 1
         self.pacer.answered(sent_at)
-        self.totals.spent += self.price if answer.cost is None else answer.cost
+        self._charged(self.price if answer.cost is None else answer.cost)
         await self.recorder.succeed(job, params, answer, attempt)
         return None
+
+    def _charged(self, cost: float) -> None:
+        """A request's charge, as the service said: spent, and from now on what each
+        request in flight is held at for --max-cost, when more than the price (the
+        manifest's price only stands in until an answer says)."""
+        self.totals.spent += cost
+        self._unit = max(self._unit, cost)
 
     def _body(self, job: Job) -> bytes:
         image = job.params["image_file"]
