@@ -100,23 +100,22 @@ def decide(
         if decision.verdict is Verdict.BILLED and decision.row and decision.row.generation_url:
             decisions[index] = Decision(decision.attempt, Verdict.BILLED, decision.row, True)
     # Paid and lost on our side (not written, or cut off on the way): by its id, newest
-    # first (its output the least likely to have expired).
-    fetchable = []
+    # first (its output the least likely to have expired). One whose row may not show
+    # yet is waited for, never paid again, unless an image is to be had already.
+    fetchable, waiting = [], []
     for attempt in sorted(unwritten, key=lambda a: a.started_at, reverse=True):
         row = (by_id or {}).get(attempt.request_id or "")
         if row is not None and row.status == "COMPLETED" and row.generation_url:
             fetchable.append(Decision(attempt, Verdict.BILLED, row, True))
-    if fetchable or any(decision.recover for decision in decisions):
-        return [*decisions, *fetchable]
-    for attempt in unwritten:  # its row may not show yet: wait for it, never pay again
-        row = (by_id or {}).get(attempt.request_id or "")
-        if (
+        elif (
             attempt.request_id
             and (row is None or row.status == "PENDING")
-            and (now < attempt.deadline(lag))
+            and now < attempt.deadline(lag)
         ):
-            decisions.append(Decision(attempt, Verdict.UNKNOWN))
-    return decisions
+            waiting.append(Decision(attempt, Verdict.UNKNOWN))
+    if fetchable or any(decision.recover for decision in decisions):
+        return [*decisions, *fetchable]
+    return [*decisions, *waiting]
 
 
 def _by_own_id(attempt: Attempt, row: Row | None, now: float, lag: float) -> Decision:
