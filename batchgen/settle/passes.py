@@ -279,7 +279,7 @@ def combined(
     for batch in batches:
         failures.update(batch.totals.failures)
     decided = _decided(batches, settled, held_before)
-    spent, possibly_billed = money(batches, settled, price)
+    spent, possibly_billed = _money(batches, decided, price)
     not_run = last.not_run
     if len(settled) == len(batches):  # the history became unreadable after the last pass
         after = settled[-1]  # but its v2 polls may have decided some of what it deferred
@@ -351,7 +351,10 @@ def money(
     """(spent, possibly billed) of a run's passes so far: the money of attempts settled
     in the run moved from possibly billed (at `price`, as the runner counted it) to
     spent (at what the service charged), or to nothing."""
-    decided = _decided(batches, settled)
+    return _money(batches, _decided(batches, settled), price)
+
+
+def _money(batches: list[BatchResult], decided: _Decided, price: float) -> tuple[float, float]:
     spent = round(sum(b.totals.spent for b in batches) + decided.charged, 6)
     maybe = sum(b.totals.possibly_billed for b in batches) - decided.decided * price
     return spent, round(max(0.0, maybe), 6)
